@@ -1,0 +1,1 @@
+"""Helpers that build tiny real-class checkpoints (for tests, benchmarks and smoke runs)."""
