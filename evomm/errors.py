@@ -42,3 +42,11 @@ class TokenizerMismatchError(EvommError):
 
 class OutputExistsError(EvommError):
     """The output directory already exists and is not empty."""
+
+
+class DatasetError(EvommError):
+    """A benchmark / evaluation dataset is missing, empty, or has the wrong columns."""
+
+
+class MetricError(EvommError):
+    """A metric got inputs it cannot score (e.g. lists of different lengths)."""
