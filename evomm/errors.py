@@ -50,3 +50,11 @@ class DatasetError(EvommError):
 
 class MetricError(EvommError):
     """A metric got inputs it cannot score (e.g. lists of different lengths)."""
+
+
+class SearchError(EvommError):
+    """An evolutionary search cannot go on (e.g. every candidate of a generation failed)."""
+
+
+class ResumeError(EvommError):
+    """A run directory cannot be resumed (missing or mismatching run state)."""
