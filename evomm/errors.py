@@ -58,3 +58,7 @@ class SearchError(EvommError):
 
 class ResumeError(EvommError):
     """A run directory cannot be resumed (missing or mismatching run state)."""
+
+
+class DFSError(EvommError):
+    """A data-flow-space (layer path) merge is invalid: a bad path, scales, or source set."""
