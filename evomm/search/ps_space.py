@@ -1,0 +1,232 @@
+"""The parameter-space (PS) genome: per-layer-group merge parameters as one flat vector.
+
+A PS candidate is an ordinary mergekit-style recipe whose method parameters vary by layer.
+The genome holds one real per (method parameter, model, tensor filter, layer group):
+
+  weight   per model, box [weight_bounds] (default [0, 1]; task arithmetic often wants > 1)
+  density  per model (ties, dare_ties, dare_linear), box [density_min, 1], so never 0
+  t        once (slerp), box [0, 1]
+
+No squashing transform is needed: CMA-ES samples inside the box (its boundary handling maps
+out-of-box samples back in) and `decode` clips as a guard against round-off. Layer groups are
+`layers_per_group` consecutive layer indices (1 = one value per layer) or explicit `groups`
+(e.g. the adapter's SDXL blocks). `filters` (tensor-name substrings such as "self_attn" and
+"mlp", or "attn2.to_k" to set cross-attention K apart) give each filter its own values, with one
+more set for the remaining tensors. `extra_filters` evolve one scalar each for tensors outside
+the layer stack (e.g. "embed_tokens", "lm_head"); otherwise those follow mergekit's rule and
+take the first layer's value.
+
+`decode` expands the groups into per-layer gradient lists of length `num_layers`, so that under
+mergekit's gradient interpolation every layer gets exactly its group's value and the recipe
+means the same in `evomm merge` and in mergekit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from evomm.errors import ConfigError
+
+# the method parameters evolved per method (slerp's t is recipe-level, not per model)
+METHOD_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "linear": ("weight",),
+    "task_arithmetic": ("weight",),
+    "ties": ("weight", "density"),
+    "dare_ties": ("weight", "density"),
+    "dare_linear": ("weight", "density"),
+    "slerp": ("t",),
+}
+NEEDS_BASE = {"task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp"}
+RANDOMISED = {"dare_ties", "dare_linear"}
+REST = "*"
+
+
+@dataclass
+class PSSpace:
+    """PS genome over `models` (recipe `model:` values) merged with `method`.
+
+    `initial_values` sets the starting value of each parameter; the default is a uniform
+    merge: weight 1/n for linear and 0.5 otherwise, density 0.5, t 0.5.
+    """
+
+    method: str
+    models: list[str]
+    num_layers: int
+    base_model: str | None = None
+    layers_per_group: int = 1
+    groups: list[list[int]] | None = None
+    filters: list[str] = field(default_factory=list)
+    extra_filters: list[str] = field(default_factory=list)
+    weight_bounds: tuple[float, float] = (0.0, 1.0)
+    density_min: float = 0.05
+    initial_values: dict[str, float] = field(default_factory=dict)
+    fixed_parameters: dict[str, Any] = field(default_factory=dict)
+    dtype: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHOD_PARAMETERS:
+            raise ConfigError(f"search.method: unknown method {self.method!r} (known: {sorted(METHOD_PARAMETERS)})")
+        if not self.models:
+            raise ConfigError("search.models: name at least one model to merge")
+        if self.method in NEEDS_BASE and not self.base_model:
+            raise ConfigError(f"search.base_model: method {self.method} needs a base model")
+        if self.method == "slerp" and len([m for m in self.models if m != self.base_model]) != 1:
+            raise ConfigError("search.models: slerp merges exactly one model into the base model")
+        if self.num_layers < 1:
+            raise ConfigError("search.num_layers: must be at least 1")
+        lo, hi = self.weight_bounds
+        if not lo < hi:
+            raise ConfigError(f"search.weight_bounds: lower {lo} must be below upper {hi}")
+        if not 0 < self.density_min <= 1:
+            raise ConfigError("search.density_min: must be in (0, 1]")
+        if self.groups is None:
+            k = max(1, int(self.layers_per_group))
+            self.groups = [list(range(s, min(s + k, self.num_layers))) for s in range(0, self.num_layers, k)]
+        else:
+            flat = sorted(i for g in self.groups for i in g)
+            if flat != list(range(self.num_layers)):
+                raise ConfigError(f"search.groups: must cover layers 0..{self.num_layers - 1} exactly once")
+        self._coords = self._layout()
+        self._lower = np.array([self._bounds(c[0])[0] for c in self._coords])
+        self._upper = np.array([self._bounds(c[0])[1] for c in self._coords])
+
+    # -- layout --------------------------------------------------------------------------------
+
+    @property
+    def merged_models(self) -> list[str]:
+        """Models that get per-model parameters (slerp: the one that is not the base)."""
+        if self.method == "slerp":
+            return [m for m in self.models if m != self.base_model]
+        return list(self.models)
+
+    def _layout(self) -> list[tuple[str, str | None, str, int | None]]:
+        """(parameter, model or None, filter, group index or None for extra filters)."""
+        coords = []
+        filters = list(self.filters) + [REST]
+        for param in METHOD_PARAMETERS[self.method]:
+            owners: list[str | None] = [None] if param == "t" else list(self.merged_models)
+            for model in owners:
+                for extra in self.extra_filters:
+                    coords.append((param, model, extra, None))
+                for flt in filters:
+                    for g in range(len(self.groups)):
+                        coords.append((param, model, flt, g))
+        return coords
+
+    def _bounds(self, param: str) -> tuple[float, float]:
+        if param == "weight":
+            return float(self.weight_bounds[0]), float(self.weight_bounds[1])
+        if param == "density":
+            return float(self.density_min), 1.0
+        return 0.0, 1.0
+
+    def _default_initial(self, param: str) -> float:
+        if param in self.initial_values:
+            return float(self.initial_values[param])
+        if param == "weight":
+            return 1.0 / len(self.merged_models) if self.method == "linear" else 0.5
+        return 0.5
+
+    # -- SearchSpace protocol --------------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        return len(self._coords)
+
+    @property
+    def lower(self) -> np.ndarray:
+        return self._lower.copy()
+
+    @property
+    def upper(self) -> np.ndarray:
+        return self._upper.copy()
+
+    def initial(self) -> np.ndarray:
+        x0 = np.array([self._default_initial(c[0]) for c in self._coords])
+        return np.clip(x0, self._lower, self._upper)
+
+    def labels(self) -> list[str]:
+        out = []
+        for param, model, flt, g in self._coords:
+            who = "" if model is None else f"[{_short(model)}]"
+            where = flt if g is None else f"{'' if flt == REST else flt + ':'}L{_span(self.groups[g])}"
+            out.append(f"{param}{who} {where}")
+        return out
+
+    def encode(self, values: dict[str, float]) -> np.ndarray:
+        """A genome with every coordinate of parameter `name` set to `values[name]` (uniform)."""
+        x = self.initial()
+        for j, (param, *_rest) in enumerate(self._coords):
+            if param in values:
+                x[j] = float(values[param])
+        return np.clip(x, self._lower, self._upper)
+
+    def decode(self, x: np.ndarray) -> dict[str, Any]:
+        x = np.clip(np.asarray(x, dtype=float), self._lower, self._upper)
+        if x.shape != (self.dim,):
+            raise ValueError(f"genome has shape {x.shape}, expected ({self.dim},)")
+        settings: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
+        per_layer: dict[tuple[str, str | None, str], list[float]] = {}
+        for value, (param, model, flt, g) in zip(x, self._coords):
+            key = (param, model)
+            settings.setdefault(key, [])
+            if g is None:
+                settings[key].append({"filter": flt, "value": float(value)})
+                continue
+            layers = per_layer.setdefault((param, model, flt), [0.0] * self.num_layers)
+            for layer in self.groups[g]:
+                layers[layer] = float(value)
+        for (param, model, flt), layers in per_layer.items():
+            entry: dict[str, Any] = {"value": layers} if flt == REST else {"filter": flt, "value": layers}
+            settings[(param, model)].append(entry)
+        recipe: dict[str, Any] = {"merge_method": self.method}
+        if self.base_model:
+            recipe["base_model"] = self.base_model
+        models = []
+        for model in self.models:
+            params = {p: _simplify(settings[(p, m)]) for (p, m) in settings if m == model}
+            models.append({"model": model, "parameters": params} if params else {"model": model})
+        recipe["models"] = models
+        top = dict(self.fixed_parameters)
+        if ("t", None) in settings:
+            top["t"] = _simplify(settings[("t", None)])
+        if top:
+            recipe["parameters"] = top
+        if self.dtype:
+            recipe["dtype"] = self.dtype
+        if self.method in RANDOMISED:
+            recipe["random_seed"] = int(self.seed)
+        return recipe
+
+    # -- for plots ---------------------------------------------------------------------------------
+
+    def layer_table(self, x: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Rows "param[model] filter" x columns layers: the genome as a heatmap matrix."""
+        x = np.clip(np.asarray(x, dtype=float), self._lower, self._upper)
+        rows: dict[str, np.ndarray] = {}
+        for value, (param, model, flt, g) in zip(x, self._coords):
+            if g is None:
+                continue
+            name = f"{param}{'' if model is None else '[' + _short(model) + ']'}{'' if flt == REST else ' ' + flt}"
+            row = rows.setdefault(name, np.zeros(self.num_layers))
+            row[self.groups[g]] = value
+        return list(rows), np.stack(list(rows.values()))
+
+
+def _simplify(entries: list[dict[str, Any]]) -> Any:
+    """A lone unfiltered gradient list is written as the plain list, as mergekit users write it."""
+    if len(entries) == 1 and "filter" not in entries[0]:
+        return entries[0]["value"]
+    return entries
+
+
+def _short(model: str) -> str:
+    return model.rstrip("/").split("/")[-1]
+
+
+def _span(group: list[int]) -> str:
+    return str(group[0]) if len(group) == 1 else f"{group[0]}-{group[-1]}"
