@@ -12,17 +12,15 @@ The published recipe (evolutionary-model-merge, `evomerge/eval/metrics.py`):
 
 They report the median of rouge_score's bootstrap; we report the plain mean (deterministic)
 and offer a seeded bootstrap interval. Identical per-pair numbers come from the same
-formulas evaluated on integer token ids: n-gram overlap from counters and the LCS length from
+formulas evaluated on token lists: n-gram overlap from counters and the LCS length from
 a bit-parallel algorithm (Allison-Dix / Hyyro), which gives the same length as rouge_score's
 O(m*n) table but costs one big-int operation per prediction token.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,17 +29,13 @@ from evomm.errors import MetricError
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
-# The extra ranges the published normaliser strips after emoji.is_emoji (kept verbatim in
-# meaning: U+2702-U+27B0 also removes dingbats such as ✔ and ❤ that are not single emoji).
-_EXTRA_EMOJI_RANGES = re.compile(
-    "[\U0001F600-\U0001F64F\U0001F300-\U0001F5FF\U0001F680-\U0001F6FF"
-    "\U0001F1E0-\U0001F1FF\U00002702-\U000027B0]+",
-    flags=re.UNICODE,
-)
+def _removal_table() -> dict[int, None]:
+    """`str.translate` table deleting what the published normaliser deletes before neologdn.
 
-
-def _single_char_emoji() -> frozenset[str]:
-    """The characters `emoji.is_emoji(c)` accepts (it is a lookup in EMOJI_DATA)."""
+    Both of its steps delete single code points (every character `emoji.is_emoji(c)` accepts,
+    i.e. the one-code-point keys of EMOJI_DATA, then every code point in the ranges), so one
+    C-level translate does the same work as the per-character loop and the regex.
+    """
     import emoji
 
     data = getattr(emoji, "EMOJI_DATA", None)
@@ -49,19 +43,41 @@ def _single_char_emoji() -> frozenset[str]:
         from emoji import unicode_codes
 
         data = unicode_codes.EMOJI_DATA
-    return frozenset(key for key in data if len(key) == 1)
+    table: dict[int, None] = {ord(key): None for key in data if len(key) == 1}
+    for low, high in _EXTRA_EMOJI_RANGES_CP:
+        table.update(dict.fromkeys(range(low, high + 1)))
+    return table
 
 
-@dataclass(frozen=True)
+_EXTRA_EMOJI_RANGES_CP = (
+    (0x1F600, 0x1F64F),  # emoticons
+    (0x1F300, 0x1F5FF),  # symbols & pictographs
+    (0x1F680, 0x1F6FF),  # transport & map symbols
+    (0x1F1E0, 0x1F1FF),  # flags
+    (0x2702, 0x27B0),  # dingbats
+)
+
+
 class _Encoded:
     """A tokenized text in the forms the three ROUGE types need."""
 
-    length: int
-    unigrams: Counter
-    bigrams: Counter
-    # token id -> bitmask of its positions (for the bit-parallel LCS); only for references
-    positions: dict[int, int]
-    ids: tuple[int, ...]
+    __slots__ = ("tokens", "unigrams", "bigrams", "_positions")
+
+    def __init__(self, tokens: list[str]) -> None:
+        self.tokens = tokens
+        self.unigrams = Counter(tokens)
+        self.bigrams = Counter(zip(tokens, tokens[1:]))
+        self._positions: dict[str, int] | None = None
+
+    @property
+    def positions(self) -> dict[str, int]:
+        """token -> bitmask of where it occurs (built once, only for texts used as targets)."""
+        if self._positions is None:
+            positions: dict[str, int] = {}
+            for index, token in enumerate(self.tokens):
+                positions[token] = positions.get(token, 0) | (1 << index)
+            self._positions = positions
+        return self._positions
 
 
 def _fmeasure(precision: float, recall: float) -> float:
@@ -71,18 +87,20 @@ def _fmeasure(precision: float, recall: float) -> float:
     return 0.0
 
 
-def _ngram_f(target: Counter, prediction: Counter) -> float:
+def _ngram_f(target: Counter, prediction: Counter, n_target: int, n_prediction: int) -> float:
+    """rouge_score's n-gram F; `n_*` are the n-gram totals (len(tokens) - n + 1, >= 0)."""
     overlap = 0
+    get = prediction.get
     for gram, count in target.items():
-        other = prediction.get(gram)
+        other = get(gram)
         if other:
             overlap += count if count < other else other
-    precision = overlap / max(sum(prediction.values()), 1)
-    recall = overlap / max(sum(target.values()), 1)
+    precision = overlap / max(n_prediction, 1)
+    recall = overlap / max(n_target, 1)
     return _fmeasure(precision, recall)
 
 
-def lcs_length(positions: dict[int, int], length: int, other: Sequence[int]) -> int:
+def lcs_length(positions: dict[Any, int], length: int, other: Sequence[Any]) -> int:
     """Length of the longest common subsequence of a sequence (given as `positions`, its
     symbol -> bitmask table, and `length`) and `other`. Bit-parallel: V holds a 0 bit for
     every matched row; each step is `V = (V + U) | (V - U)` with `U = V & match(symbol)`."""
@@ -98,10 +116,11 @@ def lcs_length(positions: dict[int, int], length: int, other: Sequence[int]) -> 
 
 
 def _lcs_f(target: _Encoded, prediction: _Encoded) -> float:
-    if not target.length or not prediction.length:
+    m, n = len(target.tokens), len(prediction.tokens)
+    if not m or not n:
         return 0.0
-    lcs = lcs_length(target.positions, target.length, prediction.ids)
-    return _fmeasure(lcs / prediction.length, lcs / target.length)
+    lcs = lcs_length(target.positions, m, prediction.tokens)
+    return _fmeasure(lcs / n, lcs / m)
 
 
 class JapaneseRouge:
@@ -117,18 +136,14 @@ class JapaneseRouge:
 
         self._tagger = Tagger("-Owakati")
         self._neologdn = neologdn.normalize
-        self._emoji = _single_char_emoji()
-        self._vocab: dict[str, int] = {}
+        self._removal = _removal_table()
         self._cache: dict[str, _Encoded] = {}
         self._cache_size = cache_size
 
     # -- the published text pipeline -------------------------------------------------
     def normalize(self, text: str) -> str:
         """Emoji removed, neologdn-normalised, whitespace collapsed (published order)."""
-        emoji_chars = self._emoji
-        text = "".join(c for c in text if c not in emoji_chars)
-        text = _EXTRA_EMOJI_RANGES.sub("", text)
-        text = self._neologdn(text)
+        text = self._neologdn(text.translate(self._removal))
         return " ".join(text.split())
 
     def tokenize(self, text: str) -> list[str]:
@@ -140,18 +155,7 @@ class JapaneseRouge:
         cached = self._cache.get(text)
         if cached is not None:
             return cached
-        vocab = self._vocab
-        ids = tuple(vocab.setdefault(tok, len(vocab)) for tok in self.tokenize(text))
-        positions: dict[int, int] = {}
-        for index, token_id in enumerate(ids):
-            positions[token_id] = positions.get(token_id, 0) | (1 << index)
-        encoded = _Encoded(
-            length=len(ids),
-            unigrams=Counter(ids),
-            bigrams=Counter(zip(ids, ids[1:])),
-            positions=positions,
-            ids=ids,
-        )
+        encoded = _Encoded(self.tokenize(text))
         if len(self._cache) >= self._cache_size:
             self._cache.clear()
         self._cache[text] = encoded
@@ -160,9 +164,10 @@ class JapaneseRouge:
     def score_pair(self, reference: str, prediction: str) -> dict[str, float]:
         """F-measures in [0, 1] for one pair (rouge_score's `score(target, prediction)`)."""
         target, pred = self.encode(reference), self.encode(prediction)
+        m, n = len(target.tokens), len(pred.tokens)
         return {
-            "rouge1": _ngram_f(target.unigrams, pred.unigrams),
-            "rouge2": _ngram_f(target.bigrams, pred.bigrams),
+            "rouge1": _ngram_f(target.unigrams, pred.unigrams, m, n),
+            "rouge2": _ngram_f(target.bigrams, pred.bigrams, max(m - 1, 0), max(n - 1, 0)),
             "rougeL": _lcs_f(target, pred),
         }
 
@@ -171,11 +176,15 @@ class JapaneseRouge:
     ) -> dict[str, np.ndarray]:
         """Per-pair F-measures in [0, 1], one float64 array per ROUGE type."""
         references, predictions = _check_pairs(references, predictions)
-        out = {name: np.zeros(len(references)) for name in ROUGE_TYPES}
-        for i, (ref, pred) in enumerate(zip(references, predictions)):
-            for name, value in self.score_pair(ref, pred).items():
-                out[name][i] = value
-        return out
+        encode = self.encode
+        r1, r2, rl = [], [], []
+        for ref, pred in zip(references, predictions):
+            target, candidate = encode(ref), encode(pred)
+            m, n = len(target.tokens), len(candidate.tokens)
+            r1.append(_ngram_f(target.unigrams, candidate.unigrams, m, n))
+            r2.append(_ngram_f(target.bigrams, candidate.bigrams, max(m - 1, 0), max(n - 1, 0)))
+            rl.append(_lcs_f(target, candidate))
+        return {"rouge1": np.array(r1), "rouge2": np.array(r2), "rougeL": np.array(rl)}
 
 
 def _as_text(value: Any, what: str, index: int) -> str:
