@@ -1,0 +1,160 @@
+"""Plan a merge before running it: which output tensors, from which source tensors, how.
+
+Planning reads only headers and config files. It checks everything that can be checked
+without arithmetic (architectures, missing tensors, shapes, tokenizers) so a bad merge fails
+in seconds with one clear line, before any output is written.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from evomm.adapters import Adapter, Slot, adapter_for
+from evomm.errors import ArchitectureError, ConfigError, MissingTensorError, ShapeMismatchError
+from evomm.io import TensorSource, open_source, resolve_model_path
+from evomm.merge.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelInput:
+    """One opened model of the recipe."""
+
+    ref: str
+    path: Path
+    source: TensorSource
+    adapter: Adapter
+
+    @property
+    def text_model_type(self) -> str | None:
+        config = self.source.config or {}
+        return (config.get("text_config") or {}).get("model_type") or (
+            config.get("model_type") if self.adapter.kind == "llm" else None)
+
+
+@dataclass
+class TensorTask:
+    """How to make one output tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    slot: Slot
+    t: float
+    merge: bool  # False: copied unchanged from the primary model
+    inputs: dict[str, str] = field(default_factory=dict)  # model ref -> its tensor name
+    rows: int | None = None  # vocab tensors: merge only the first `rows` rows
+
+
+@dataclass
+class MergePlan:
+    recipe: Recipe
+    models: dict[str, ModelInput]  # in merge order
+    primary: str  # the model whose layout, config and unmerged parts the output takes
+    tasks: list[TensorTask]
+    architecture: str
+
+    @property
+    def primary_input(self) -> ModelInput:
+        return self.models[self.primary]
+
+
+def open_models(recipe: Recipe, allow_pickle: bool = False, base_dir: Path | None = None) -> dict[str, ModelInput]:
+    """Resolve and open every model the recipe references (lazily: headers only)."""
+    models = {}
+    for ref in recipe.input_models():
+        path = resolve_model_path(ref, base_dir)
+        source = open_source(path, allow_pickle=allow_pickle, name=ref)
+        models[ref] = ModelInput(ref, path, source, adapter_for(source))
+    return models
+
+
+def _choose_primary(recipe: Recipe, models: dict[str, ModelInput]) -> str:
+    keep = recipe.evomm.keep_from
+    if keep is not None:
+        if keep not in models:
+            raise ConfigError(f"evomm.keep_from: {keep!r} is not one of the recipe's models")
+        return keep
+    vlms = [ref for ref, m in models.items() if m.adapter.kind == "vlm"]
+    if vlms:
+        return vlms[0]
+    return recipe.base_model if recipe.base_model is not None else next(iter(models))
+
+
+def _check_architectures(recipe: Recipe, models: dict[str, ModelInput], primary: str) -> str:
+    kinds = {ref: m.adapter.kind for ref, m in models.items()}
+    families = {"sdxl_unet" if k == "sdxl_unet" else "decoder" for k in kinds.values()}
+    if len(families) > 1:
+        desc = ", ".join(f"{ref} is {kind}" for ref, kind in kinds.items())
+        raise ArchitectureError(f"mismatched architectures: {desc}")
+    wanted = recipe.evomm.architecture
+    has_vlm = "vlm" in kinds.values()
+    mixed = has_vlm and "llm" in kinds.values()
+    if families == {"sdxl_unet"}:
+        arch = "sdxl_unet"
+    else:
+        arch = "llava_x_llm" if mixed else ("vlm" if has_vlm else "llm")
+    accepted = {arch} | ({"llava_x_llm"} if has_vlm else set())
+    if wanted != "auto" and wanted not in accepted:
+        desc = ", ".join(f"{r}: {k}" for r, k in kinds.items())
+        raise ArchitectureError(f"evomm.architecture is {wanted} but the models are {arch} ({desc})")
+    if mixed and models[primary].adapter.kind != "vlm":
+        raise ConfigError("evomm.keep_from: must name the VLM when merging a VLM with plain LLMs")
+    types = {ref: m.text_model_type for ref, m in models.items() if m.text_model_type}
+    if len(set(types.values())) > 1:
+        desc = ", ".join(f"{r} is {t}" for r, t in types.items())
+        raise ArchitectureError(f"mismatched architectures: {desc}")
+    layers = {ref: m.adapter.num_layers for ref, m in models.items()}
+    if len(set(layers.values())) > 1:
+        desc = ", ".join(f"{r} has {n}" for r, n in layers.items())
+        raise ArchitectureError(f"mismatched architectures: different numbers of layer groups ({desc})")
+    return arch
+
+
+def build_plan(recipe: Recipe, models: dict[str, ModelInput]) -> MergePlan:
+    """Check the models against each other and list one task per output tensor."""
+    primary = _choose_primary(recipe, models)
+    arch = _check_architectures(recipe, models, primary)
+    prim = models[primary]
+    tasks = []
+    for name in prim.source.keys():
+        slot = prim.adapter.slot_of(name)
+        shape = prim.source.shape(name)
+        t = prim.adapter.layer_t(name)
+        merged = slot.component in prim.adapter.merged_components and prim.source.dtype(name).is_floating_point
+        if not merged:
+            tasks.append(TensorTask(name, shape, slot, t, merge=False))
+            continue
+        inputs, rows = {}, shape[0] if shape else None
+        for ref, model in models.items():
+            src_name = name if ref == primary else model.adapter.name_of(slot)
+            if src_name is None or src_name not in model.source:
+                raise MissingTensorError(f"missing tensor: {ref} has no {src_name or slot} "
+                                         f"(needed for {name})")
+            src_shape = model.source.shape(src_name)
+            if src_shape != shape:
+                vocab_row_diff = (slot.role in prim.adapter.vocab_roles and len(src_shape) == len(shape)
+                                  and src_shape[1:] == shape[1:])
+                if not vocab_row_diff:
+                    raise ShapeMismatchError(f"mismatched shapes for {name}: {primary} has "
+                                             f"{list(shape)}, {ref} has {list(src_shape)} ({src_name})")
+                rows = min(rows, src_shape[0])
+            inputs[ref] = src_name
+        rows = None if rows == (shape[0] if shape else None) else rows
+        tasks.append(TensorTask(name, shape, slot, t, merge=True, inputs=inputs, rows=rows))
+    if not any(task.merge for task in tasks):
+        raise ArchitectureError(f"{primary}: nothing to merge (no {', '.join(prim.adapter.merged_components)} tensors)")
+    return MergePlan(recipe, models, primary, tasks, arch)
+
+
+def output_dtype(plan: MergePlan, task: TensorTask) -> torch.dtype:
+    """The recipe's dtype for float tensors; everything else keeps its source dtype."""
+    src_dtype = plan.primary_input.source.dtype(task.name)
+    wanted = plan.recipe.output_dtype()
+    if wanted is None or not src_dtype.is_floating_point:
+        return src_dtype
+    return getattr(torch, wanted)

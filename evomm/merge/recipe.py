@@ -1,0 +1,222 @@
+"""The merge recipe: mergekit's YAML format with the same meaning, plus an `evomm:` section.
+
+A recipe names the models, the method, and its parameters. A parameter value may be
+
+- a scalar (`weight: 0.5`),
+- a gradient list interpolated across layers like mergekit (`weight: [0, 0.5, 1]`: layer i of
+  n sits at t = i/(n-1); tensors outside the layers sit at t = 0),
+- filtered by tensor name: a list of `{filter: self_attn, value: ...}` entries, the first whose
+  filter is a substring of the tensor name wins (no filter / `*` matches everything).
+
+Per-model parameters (e.g. `weight`, `density`) are looked up in the model's `parameters:`
+first, then in the top-level `parameters:`; method-wide ones (`normalize`, `lambda`, `t`) only
+at the top level. Method parameters come from the registry in `evomm.merge.methods`.
+
+The `evomm:` section (all optional) covers what mergekit cannot express:
+
+    evomm:
+      architecture: auto        # auto | llm | llava_x_llm | sdxl_unet (auto detects)
+      keep_from: path/to/vlm    # source of the output's config and of every unmerged part
+                                # (vision tower, projector, image_newline); default: the first
+                                # VLM among the models, else base_model, else the first model
+      tokenizer_source: path    # tokenizer files copied to the output (default: keep_from)
+      check_tokenizers: true    # refuse to merge embeddings of models whose tokenizers differ
+      seed: 0                   # DARE's random drop mask
+      shard_size: 5GB           # output shard size
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from evomm.errors import ConfigError
+from evomm.merge.method_info import MethodInfo, known_methods, method_info
+
+Scalar = Union[bool, int, float, str]
+
+
+class ConditionalValue(BaseModel):
+    """`{filter: NAME_SUBSTRING, value: ...}`: applies to tensors whose name contains filter."""
+
+    model_config = ConfigDict(extra="forbid")
+    value: Union[Scalar, list[Scalar]]
+    filter: str | None = None
+
+
+ParameterSetting = Union[Scalar, list[Scalar], ConditionalValue, list[ConditionalValue]]
+
+
+class ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    parameters: dict[str, ParameterSetting] | None = None
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_ref(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "path" in value:  # mergekit's {model: {path: ...}}
+            return value["path"]
+        if isinstance(value, dict) and "model" in value and isinstance(value["model"], dict):
+            return value["model"].get("path", value)
+        return value
+
+
+class EvommSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    architecture: Literal["auto", "llm", "llava_x_llm", "sdxl_unet"] = "auto"
+    keep_from: str | None = None
+    tokenizer_source: str | None = None
+    check_tokenizers: bool = True
+    seed: int = 0
+    shard_size: Union[str, int] = "5GB"
+
+
+_DTYPES = ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16")
+
+
+class Recipe(BaseModel):
+    """A validated merge recipe. Build with `load_recipe(path)` or `Recipe.from_dict(data)`."""
+
+    model_config = ConfigDict(extra="forbid")
+    merge_method: str
+    models: list[ModelEntry] | None = None
+    slices: list[Any] | None = None
+    base_model: str | None = None
+    parameters: dict[str, ParameterSetting] | None = None
+    dtype: str | None = None
+    out_dtype: str | None = None
+    tokenizer_source: str | None = None
+    chat_template: str | None = None
+    name: str | None = None
+    evomm: EvommSection = Field(default_factory=EvommSection)
+    _resolver: Any = PrivateAttr(default=None)
+
+    @field_validator("base_model", mode="before")
+    @classmethod
+    def _base_ref(cls, value: Any) -> Any:
+        return value["path"] if isinstance(value, dict) and "path" in value else value
+
+    @field_validator("dtype", "out_dtype")
+    @classmethod
+    def _dtype(cls, value: str | None) -> str | None:
+        if value is not None and value not in _DTYPES:
+            raise ValueError(f"unknown dtype {value!r} (expected one of {', '.join(_DTYPES)})")
+        return value
+
+    @field_validator("merge_method")
+    @classmethod
+    def _method(cls, value: str) -> str:
+        if value not in known_methods():
+            raise ValueError(f"unknown merge method {value!r} (known: {', '.join(known_methods())})")
+        return value
+
+    @model_validator(mode="after")
+    def _structure(self) -> "Recipe":
+        if self.slices is not None:
+            raise ValueError("slices: not supported by evomm merge; list whole models under models:")
+        if not self.models:
+            raise ValueError("models: at least one model is required")
+        info = self.method
+        _check_names("parameters", self.parameters, info, top_level=True)
+        for i, entry in enumerate(self.models):
+            _check_names(f"models[{i}].parameters", entry.parameters, info, top_level=False)
+        refs = self.input_models()
+        if len(set(refs)) != len(refs):
+            raise ValueError("models: the same model is listed twice")
+        if info.needs_base and self.base_model is None:
+            raise ValueError(f"base_model: required by merge_method {self.merge_method}")
+        if info.exact_inputs is not None and len(refs) != info.exact_inputs:
+            raise ValueError(f"models: {self.merge_method} merges exactly {info.exact_inputs} models "
+                             f"(base_model included), got {len(refs)}")
+        for name in info.model_params:
+            if name in info.defaults:
+                continue
+            for i, ref in enumerate(refs):
+                if info.needs_base and ref == self.base_model:
+                    continue
+                own = (self.model_entry(ref).parameters or {}) if self.model_entry(ref) else {}
+                if name not in own and name not in (self.parameters or {}):
+                    where = f"models[{i}]" if self.model_entry(ref) else "base_model"
+                    raise ValueError(f"{where}.parameters.{name}: required by {self.merge_method} "
+                                     f"for {ref} (set it for the model or under parameters:)")
+        return self
+
+    # -- queries -------------------------------------------------------------------------
+
+    @property
+    def method(self) -> MethodInfo:
+        return method_info(self.merge_method)
+
+    def input_models(self) -> list[str]:
+        """Models in merge order: `models:` as listed, then base_model if not among them."""
+        refs = [m.model for m in self.models or []]
+        if self.base_model is not None and self.base_model not in refs:
+            refs.append(self.base_model)
+        return refs
+
+    def model_entry(self, ref: str) -> ModelEntry | None:
+        return next((m for m in self.models or [] if m.model == ref), None)
+
+    def output_dtype(self) -> str | None:
+        name = self.out_dtype or self.dtype
+        return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(name, name)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "recipe") -> "Recipe":
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"{source}: {_first_error(exc)}") from None
+
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json", exclude_defaults=True, exclude_none=True)
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def _check_names(where: str, params: dict | None, info: MethodInfo, top_level: bool) -> None:
+    for name in params or {}:
+        if name in info.model_params or (top_level and name in info.global_params):
+            continue
+        if not top_level and name in info.global_params:
+            raise ValueError(f"{where}.{name}: {name!r} applies to the whole merge; "
+                             "set it under the top-level parameters:")
+        known = ", ".join(sorted(set(info.model_params) | (set(info.global_params) if top_level else set())))
+        raise ValueError(f"{where}.{name}: unknown parameter for {info.name} (known: {known})")
+
+
+_UNION_BRANCHES = {"bool", "int", "float", "str", "ConditionalValue"}
+
+
+def _first_error(exc: ValidationError) -> str:
+    """One line: the key path and the problem of pydantic's first error."""
+    err = exc.errors()[0]
+    parts: list[str] = []
+    for p in err["loc"]:
+        if isinstance(p, int):
+            if parts:
+                parts[-1] += f"[{p}]"
+        elif p not in _UNION_BRANCHES and "[" not in p:  # skip pydantic's union branch names
+            parts.append(p)
+    loc = ".".join(parts)
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a YAML recipe; errors name the key and the problem."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    return Recipe.from_dict(data, source=str(path))
