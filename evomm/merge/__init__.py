@@ -1,1 +1,27 @@
+"""Merging: methods on tensors (`methods`), in-memory candidates for the search (`candidate`)."""
 
+from evomm.merge.methods import (
+    METHODS,
+    MethodSpec,
+    dare_linear,
+    dare_ties,
+    linear,
+    method_spec,
+    slerp,
+    task_arithmetic,
+    tensor_seed,
+    ties,
+)
+
+__all__ = [
+    "METHODS",
+    "MethodSpec",
+    "dare_linear",
+    "dare_ties",
+    "linear",
+    "method_spec",
+    "slerp",
+    "task_arithmetic",
+    "tensor_seed",
+    "ties",
+]
