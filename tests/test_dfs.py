@@ -1,0 +1,325 @@
+"""DFS merging: the layer-path model (evomm.models.dfs) and its genome (evomm.search.dfs_space)."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from evomm.errors import DFSError
+from evomm.models.dfs import DFSForCausalLM, DFSModel, apply_spec, dfs_into_llava, save_dfs
+from evomm.search.dfs_space import DFSSpace, build_space
+from evomm.search.space import SearchSpace
+from evomm.testing.tiny import tiny_llava, tiny_mistral
+
+# a path deeper than either source, with repeated layers from both and non-trivial scales
+DEEP_PATH = [[0, 0], [0, 1], [1, 1], [1, 2], [0, 2], [1, 2], [0, 3], [1, 3], [0, 0], [0, 3]]
+DEEP_SCALES = [1.0, 1.0, 0.8, 1.0, 1.25, 1.0, 0.9, 1.0, 1.1, 1.0]
+
+
+@pytest.fixture(scope="module")
+def sources():
+    return tiny_mistral(seed=1, scale=0.05), tiny_mistral(seed=2, scale=0.05)
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return torch.randint(3, 128, (2, 7), generator=torch.Generator().manual_seed(0))
+
+
+def logits(model, ids, **kwargs):
+    with torch.no_grad():
+        return model(ids, **kwargs).logits
+
+
+# -- the model ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("src", [0, 1])
+def test_identity_path_reproduces_source(sources, ids, src):
+    dfs = DFSForCausalLM.from_sources(sources, [[src, l] for l in range(4)], embed_source=src)
+    assert torch.allclose(logits(dfs, ids), logits(sources[src], ids), atol=1e-5, rtol=0)
+    # and not the other source's logits: the path decides
+    assert not torch.allclose(logits(dfs, ids), logits(sources[1 - src], ids), atol=1e-3)
+
+
+def test_layers_are_shared_not_copied(sources):
+    dfs = DFSForCausalLM.from_sources(sources, DEEP_PATH)
+    assert dfs.model.layers[2] is sources[1].model.layers[1]
+    assert dfs.model.layers[3] is dfs.model.layers[5]  # layer (1, 2) used twice: one module
+    assert dfs.model.layers[0] is dfs.model.layers[8]  # layer (0, 0) used twice
+    assert dfs.lm_head is sources[0].lm_head
+    n_src = sum(p.numel() for m in sources for p in m.parameters())
+    assert sum(p.numel() for p in dfs.parameters()) < n_src  # no new weights
+
+
+def test_scale_multiplies_hidden_state_entering_position(sources, ids):
+    a = sources[0]
+    dfs = DFSForCausalLM.from_sources(sources, [[0, l] for l in range(4)], [1.0, 1.0, 1.7, 1.0])
+    # reference: the source model with its layer-2 input scaled by a hook
+    handle = a.model.layers[2].register_forward_pre_hook(lambda mod, args: (args[0] * 1.7, *args[1:]))
+    try:
+        expected = logits(a, ids)
+    finally:
+        handle.remove()
+    got = logits(dfs, ids)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(got, logits(a, ids), atol=1e-3)
+
+
+def test_deep_path_generates_same_with_and_without_cache(sources, ids):
+    dfs = DFSForCausalLM.from_sources(sources, DEEP_PATH, DEEP_SCALES)
+    with torch.no_grad():
+        cached = dfs.generate(ids, max_new_tokens=10, do_sample=False)
+        uncached = dfs.generate(ids, max_new_tokens=10, do_sample=False, use_cache=False)
+    assert cached.shape == (2, 17)
+    assert torch.equal(cached, uncached)
+
+
+def test_cache_has_one_slot_per_path_position(sources, ids):
+    dfs = DFSForCausalLM.from_sources(sources, DEEP_PATH, DEEP_SCALES)
+    full = logits(dfs, ids)
+    with torch.no_grad():
+        out = dfs(ids[:, :4], use_cache=True)
+        cache = out.past_key_values
+        steps = [out.logits]
+        for t in range(4, ids.shape[1]):
+            out = dfs(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            steps.append(out.logits)
+    assert len(cache.layers) == len(DEEP_PATH)
+    assert all(layer.get_seq_length() == ids.shape[1] for layer in cache.layers)
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_set_path_in_place_matches_fresh_build(sources, ids):
+    dfs = DFSForCausalLM.from_sources(sources, [[0, l] for l in range(4)])
+    before = logits(dfs, ids)
+    dfs.set_path(DEEP_PATH, DEEP_SCALES)
+    fresh = DFSForCausalLM.from_sources(sources, DEEP_PATH, DEEP_SCALES)
+    assert dfs.config.num_hidden_layers == len(DEEP_PATH) and dfs.path == DEEP_PATH
+    assert torch.equal(logits(dfs, ids), logits(fresh, ids))
+    apply_spec(dfs, {"type": "dfs", "path": [[0, l] for l in range(4)], "scales": [1.0] * 4})
+    assert torch.equal(logits(dfs, ids), before)
+
+
+def test_save_load_round_trip(sources, ids, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    dfs = DFSForCausalLM.from_sources(sources, DEEP_PATH, DEEP_SCALES, source_names=["a", "b"])
+    out = save_dfs(dfs, tmp_path / "dfs")
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "evomm_dfs"
+    assert config["num_hidden_layers"] == len(DEEP_PATH)
+    assert config["dfs_path"] == DEEP_PATH
+    assert config["dfs_input_scales"] == pytest.approx(DEEP_SCALES)
+    assert config["dfs_sources"] == ["a", "b"]
+    assert list(out.glob("*.safetensors")) and not list(out.glob("*.bin"))
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    assert isinstance(loaded, DFSForCausalLM)
+    # a plain decoder: one own layer per position, its own cache index
+    assert [layer.self_attn.layer_idx for layer in loaded.model.layers] == list(range(len(DEEP_PATH)))
+    assert loaded.model.layers[0] is not loaded.model.layers[8]
+    assert torch.equal(logits(loaded, ids), logits(dfs, ids))
+    with torch.no_grad():
+        assert torch.equal(loaded.generate(ids, max_new_tokens=5, do_sample=False),
+                           dfs.generate(ids, max_new_tokens=5, do_sample=False))
+    with pytest.raises(DFSError):
+        loaded.set_path([[0, 0]])
+
+
+def test_checkpoint_with_unit_scales_reads_as_base_architecture(sources, ids, tmp_path):
+    from transformers import MistralForCausalLM
+
+    dfs = DFSForCausalLM.from_sources(sources, DEEP_PATH)
+    out = save_dfs(dfs, tmp_path / "dfs")
+    plain = MistralForCausalLM.from_pretrained(out)
+    assert plain.config.num_hidden_layers == len(DEEP_PATH)
+    assert torch.allclose(logits(plain, ids), logits(dfs, ids), atol=1e-5, rtol=0)
+
+
+def test_bad_inputs_raise_dfs_errors(sources):
+    with pytest.raises(DFSError, match="no layer 4"):
+        DFSForCausalLM.from_sources(sources, [[0, 4]])
+    with pytest.raises(DFSError, match="source 2"):
+        DFSForCausalLM.from_sources(sources, [[2, 0]])
+    with pytest.raises(DFSError, match="at least one layer"):
+        DFSForCausalLM.from_sources(sources, [])
+    with pytest.raises(DFSError, match="scales"):
+        DFSForCausalLM.from_sources(sources, [[0, 0], [0, 1]], [1.0])
+    wide = tiny_mistral(hidden=64)
+    with pytest.raises(DFSError, match="hidden_size"):
+        DFSForCausalLM.from_sources([sources[0], wide], [[0, 0]])
+    with pytest.raises(DFSError, match="type: dfs"):
+        apply_spec(DFSForCausalLM.from_sources(sources, [[0, 0]]), {"type": "ps"})
+
+
+# -- inside a VLM ---------------------------------------------------------------------------
+
+
+def _llava_inputs(llava):
+    n_image_tokens = (32 // 8) ** 2
+    text = torch.randint(3, 120, (1, 6), generator=torch.Generator().manual_seed(1))
+    image = torch.full((1, n_image_tokens), llava.config.image_token_index)
+    input_ids = torch.cat([text[:, :2], image, text[:, 2:]], dim=1)
+    pixel_values = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    return {"input_ids": input_ids, "pixel_values": pixel_values}
+
+
+def test_dfs_backbone_inside_llava_generates(tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    llava = tiny_llava(seed=3, scale=0.02)
+    ja = tiny_mistral(seed=4, scale=0.05)  # shares the decoder base with the LLaVA
+    inputs = _llava_inputs(llava)
+    with torch.no_grad():
+        original = llava(**inputs).logits
+    # embeddings and head from the LLaVA (its vocabulary has the image token)
+    dfs = DFSForCausalLM.from_sources([llava, ja], [[0, l] for l in range(4)], source_names=["vlm", "ja"])
+    assert dfs_into_llava(llava, dfs) is llava
+    assert isinstance(llava.model.language_model, DFSModel)
+    with torch.no_grad():
+        assert torch.allclose(llava(**inputs).logits, original, atol=1e-5, rtol=0)
+
+    dfs.set_path(DEEP_PATH, DEEP_SCALES)  # re-routes the LLaVA too
+    with torch.no_grad():
+        changed = llava(**inputs).logits
+        cached = llava.generate(**inputs, max_new_tokens=6, do_sample=False)
+        uncached = llava.generate(**inputs, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert not torch.allclose(changed, original, atol=1e-3)
+    assert cached.shape[1] == inputs["input_ids"].shape[1] + 6
+    assert torch.equal(cached, uncached)
+
+    llava.save_pretrained(tmp_path / "vlm")
+    reloaded = LlavaForConditionalGeneration.from_pretrained(tmp_path / "vlm")
+    assert isinstance(reloaded.model.language_model, DFSModel)
+    assert reloaded.config.text_config.num_hidden_layers == len(DEEP_PATH)
+    with torch.no_grad():
+        assert torch.equal(reloaded(**inputs).logits, changed)
+
+
+def test_dfs_into_llava_rejects_other_vocabulary():
+    llava = tiny_llava(seed=3, scale=0.02)
+    ja = tiny_mistral(seed=4, scale=0.05)
+    dfs = DFSForCausalLM.from_sources([ja, llava], [[0, 0], [1, 1]])  # embeddings of the text LLM
+    with pytest.raises(DFSError, match="vocabulary"):
+        dfs_into_llava(llava, dfs)
+
+
+# -- the genome -----------------------------------------------------------------------------
+
+
+def test_space_follows_protocol_and_bounds():
+    space = DFSSpace([4, 4], ["a", "b"], repeats=2, max_length=6)
+    assert isinstance(space, SearchSpace)
+    assert space.num_slots == 16
+    assert space.dim == 16 + 8 * 8  # r >= 2: every layer pair can follow another
+    assert len(space.labels()) == space.dim and len(set(space.labels())) == space.dim
+    x0 = space.initial()
+    assert x0.shape == (space.dim,)
+    assert np.all(space.lower <= x0) and np.all(x0 <= space.upper)
+    assert np.all(space.lower[:16] == -1) and np.all(space.upper[16:] == 1.0)
+    assert DFSSpace([4, 4], repeats=1).dim == 8 + 8 * 7 // 2  # r = 1: only forward pairs
+    assert DFSSpace([4, 4], scaling="source_pair").dim == 16 + 4
+    assert DFSSpace([4, 4], scaling="none").dim == 16
+
+
+@pytest.mark.parametrize("init_source", [0, 1])
+def test_initial_point_decodes_to_identity_path(init_source):
+    space = DFSSpace([4, 3], ["a", "b"], repeats=3, init_source=init_source)
+    spec = space.decode(space.initial())
+    assert spec["type"] == "dfs"
+    assert spec["path"] == [[init_source, l] for l in range(space.num_layers[init_source])]
+    assert spec["scales"] == [1.0] * len(spec["path"])
+    assert spec["sources"] == ["a", "b"]
+
+
+def test_decode_is_deterministic_and_json_able():
+    space = DFSSpace([4, 4], repeats=2, max_length=8)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x = rng.uniform(space.lower, space.upper)
+        spec = space.decode(x)
+        assert spec == space.decode(x.copy())
+        assert json.loads(json.dumps(spec)) == spec
+
+
+def test_max_length_keeps_the_largest_slots_in_order():
+    space = DFSSpace([4, 4], repeats=2, max_length=5, scaling="none")
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        x = rng.uniform(space.lower, space.upper)
+        spec = space.decode(x)
+        on = np.flatnonzero(x > 0)
+        assert len(spec["path"]) == min(max(len(on), 1), 5)
+        assert spec["slots"] == sorted(spec["slots"])
+        if len(on) > 5:
+            kept = set(spec["slots"])
+            assert min(x[list(kept)]) >= max(x[[t for t in on if t not in kept]])
+    x = np.full(space.dim, -0.5)
+    x[3] = -0.1  # nothing > 0: min_length 1 takes the largest slot
+    assert space.decode(x)["slots"] == [3]
+
+
+def test_scales_come_from_w_and_stay_in_bounds():
+    space = DFSSpace([2, 2], repeats=2, scale_range=1.0)
+    rng = np.random.default_rng(2)
+    for _ in range(30):
+        spec = space.decode(rng.uniform(space.lower - 1, space.upper + 1))  # clipped into bounds
+        assert spec["scales"][0] == 1.0
+        assert all(0.5 <= s <= 2.0 for s in spec["scales"])
+    path = [[0, 0], [1, 0], [1, 1], [0, 1], [1, 0]]
+    scales = [1.0, 0.7, 1.0, 1.5, 1.2]
+    spec = space.decode(space.encode(path, scales))
+    assert spec["path"] == path and spec["scales"] == pytest.approx(scales)
+
+
+def test_source_pair_scaling_shares_one_scale_per_crossing():
+    space = DFSSpace([2, 2], repeats=2, scaling="source_pair")
+    x = space.initial()
+    x[:8] = [1, -1, 1, 1, 1, 1, -1, -1]  # a0, b0, b1, a0, a1
+    labels = space.labels()
+    x[labels.index("W source0->source1")] = 0.5
+    x[labels.index("W source1->source0")] = -1.0
+    spec = space.decode(x)
+    assert spec["path"] == [[0, 0], [1, 0], [1, 1], [0, 0], [0, 1]]
+    assert spec["scales"] == pytest.approx([1.0, 2**0.5, 1.0, 0.5, 1.0])
+
+
+def test_bad_space_options_raise():
+    from evomm.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        DFSSpace([4, 4], max_length=40)  # more than the 16 slots
+    with pytest.raises(ConfigError):
+        DFSSpace([4, 4], max_length=3)  # the identity path (4 layers) would not fit
+    with pytest.raises(ConfigError):
+        DFSSpace([4, 4], scaling="matrix")
+    with pytest.raises(ConfigError, match="dfs space"):
+        build_space(["x", "y"], num_layers=[4, 4], unknown_option=1)
+    with pytest.raises(DFSError):
+        DFSSpace([4, 4], repeats=1).encode([[0, 3], [0, 2]])  # needs a second repeat
+
+
+# -- genome -> model ------------------------------------------------------------------------
+
+
+def test_random_genomes_run_on_one_preallocated_model(sources, ids):
+    # PS+DFS: one source is a merged model in memory (here a plain average of the two)
+    merged = copy.deepcopy(sources[0])
+    with torch.no_grad():
+        for p_m, p_b in zip(merged.parameters(), sources[1].parameters()):
+            p_m.lerp_(p_b, 0.5)
+    models = [merged, sources[1]]
+    space = build_space(models, repeats=2, max_length=8)
+    assert space.num_layers == [4, 4]
+    model = DFSForCausalLM.from_sources(models, space.decode(space.initial())["path"])
+    assert torch.allclose(logits(model, ids), logits(merged, ids), atol=1e-5, rtol=0)
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        spec = space.decode(rng.uniform(space.lower, space.upper))
+        model.apply_spec(spec)
+        assert model.config.num_hidden_layers == len(spec["path"]) <= 8
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=4, do_sample=False)
+        assert out.shape == (2, ids.shape[1] + 4)
