@@ -14,7 +14,9 @@ out-of-box samples back in) and `decode` clips as a guard against round-off. Lay
 "mlp", or "attn2.to_k" to set cross-attention K apart) give each filter its own values, with one
 more set for the remaining tensors. `extra_filters` evolve one scalar each for tensors outside
 the layer stack (e.g. "embed_tokens", "lm_head"); otherwise those follow mergekit's rule and
-take the first layer's value.
+take the first layer's value. DARE methods get the fixed `seed` in the recipe's `evomm:`
+section: every candidate uses the same drop masks, so fitness differences come from the
+genome, and any candidate can be rebuilt exactly from its recipe.
 
 `decode` expands the groups into per-layer gradient lists of length `num_layers`, so that under
 mergekit's gradient interpolation every layer gets exactly its group's value and the recipe
@@ -66,6 +68,7 @@ class PSSpace:
     fixed_parameters: dict[str, Any] = field(default_factory=dict)
     dtype: str | None = None
     seed: int = 0
+    evomm_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.method not in METHOD_PARAMETERS:
@@ -198,8 +201,11 @@ class PSSpace:
             recipe["parameters"] = top
         if self.dtype:
             recipe["dtype"] = self.dtype
+        section = dict(self.evomm_options)
         if self.method in RANDOMISED:
-            recipe["random_seed"] = int(self.seed)
+            section["seed"] = int(self.seed)  # DARE's drop masks: fixed, so any candidate can be rebuilt
+        if section:
+            recipe["evomm"] = section
         return recipe
 
     # -- for plots ---------------------------------------------------------------------------------

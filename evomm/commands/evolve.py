@@ -1,0 +1,54 @@
+"""`evomm evolve CONFIG.yml --out RUN_DIR [--resume]`: evolve merge recipes with CMA-ES.
+
+Writes to RUN_DIR (or RUN_DIR/<stage>/ for multi-stage configs): evaluations.jsonl,
+checkpoint.pkl, history.json, best_recipe.yml, model/ (the best merged model with a model
+card), fitness.png, genome.png and result.json. Killed at any moment, the same command with
+`--resume` continues after the last completed generation and ends exactly as an
+uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from evomm.errors import EvommError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="evolve config (YAML)")
+    parser.add_argument("--out", required=True, help="run directory (created; must be new unless --resume)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out after its last completed generation")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or per-generation lines")
+    parser.add_argument("--num-threads", type=int, default=None, help="torch threads (overrides the config)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from evomm.search.config import load_config
+    from evomm.search.run import atomic_write_text
+    from evomm.search.stages import run_all
+
+    try:
+        config = load_config(args.config)
+        if args.num_threads:
+            config.num_threads = args.num_threads
+        import torch
+
+        torch.set_num_threads(config.num_threads)
+        out = Path(args.out)
+        if out.exists() and any(out.iterdir()) and not args.resume:
+            raise EvommError(f"{out} is not empty; pass --resume to continue the run there, or choose a new --out")
+        out.mkdir(parents=True, exist_ok=True)
+        config_copy = out / "config.yml"
+        if not config_copy.exists():
+            atomic_write_text(config_copy, Path(args.config).read_text(encoding="utf-8"))
+        results = run_all(config, out, resume=args.resume, progress=not args.no_progress)
+    except EvommError as exc:
+        print(f"evomm evolve: {exc}", file=sys.stderr)
+        return 2
+    for name, result in results.items():
+        print(f"{name}: best fitness {result['best_fitness']:.6g} after {result['evaluations']} evaluations; "
+              f"recipe {result['best_recipe']}" + (f"; model {result['model']}" if result.get("model") else ""))
+    return 0
+

@@ -1,0 +1,199 @@
+"""The `evomm evolve` config: YAML validated by pydantic, errors reported in one line.
+
+A config names its source checkpoints once and runs one or more stages. Each stage is one
+search (a search space, a fitness, an optimizer) and may merge the best model of an earlier
+stage, written `stage:NAME` — which is how PS+DFS (DFS over the PS result and a source) is
+expressed:
+
+    seed: 0
+    sources: {base: ckpt/base, ja: ckpt/ja_lm, vlm: ckpt/en_vlm}
+    backend: {type: inprocess}            # or {type: ray, num_workers: 4, gpus_per_worker: 1}
+    fitness: {metric: vqa_rouge_ja, dataset: data/fitness, split: fitness, n_samples: 64}
+    optimizer: {name: cmaes, popsize: 8, sigma0: 0.2, generations: 20}
+    stages:
+      - name: ps
+        space: {type: ps, method: task_arithmetic, base_model: base, models: [vlm, ja]}
+      - name: ps_dfs
+        space: {type: dfs, models: [stage:ps, ja], repeats: 2}
+
+A config without `stages:` but with a top-level `space:` is one stage named "search".
+Stage-level `fitness` / `optimizer` replace the top-level ones for that stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from evomm.errors import ConfigError
+
+STAGE_REF = "stage:"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FitnessConfig(_Strict):
+    """Which fitness function scores a candidate, and on what data."""
+
+    metric: str = Field(description="name in the fitness registry (evomm.search.fitness)")
+    dataset: str | None = Field(None, description="dataset path the metric reads")
+    split: str | None = Field(None, description="split of the dataset used for fitness")
+    n_samples: int | None = Field(None, ge=1, description="number of examples scored per candidate")
+    generation: dict[str, Any] = Field(default_factory=dict, description="generation settings (max_new_tokens, ...)")
+    options: dict[str, Any] = Field(default_factory=dict, description="metric-specific options")
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["cmaes", "random"] = "cmaes"
+    popsize: int | None = Field(None, ge=2)
+    sigma0: float = Field(0.2, gt=0)
+    generations: int | None = Field(None, ge=1)
+    max_evaluations: int | None = Field(None, ge=1)
+    seed: int | None = Field(None, description="defaults to the config's seed")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> "OptimizerConfig":
+        if self.generations is None and self.max_evaluations is None:
+            raise ValueError("set generations or max_evaluations")
+        return self
+
+
+class BackendConfig(_Strict):
+    type: Literal["inprocess", "ray"] = "inprocess"
+    num_workers: int = Field(1, ge=1, description="Ray actors (one per GPU or CPU slot)")
+    gpus_per_worker: float = Field(0.0, ge=0)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    address: str | None = Field(None, description="Ray cluster address; None starts a local one")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance")
+
+
+class PSSpaceConfig(_Strict):
+    type: Literal["ps"] = "ps"
+    method: Literal["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp"]
+    models: list[str] = Field(min_length=1)
+    base_model: str | None = None
+    num_layers: int | None = Field(None, ge=1, description="default: read from the first model's config")
+    layers_per_group: int = Field(1, ge=1)
+    groups: list[list[int]] | None = None
+    filters: list[str] = Field(default_factory=list)
+    extra_filters: list[str] = Field(default_factory=list)
+    weight_bounds: tuple[float, float] = (0.0, 1.0)
+    density_min: float = Field(0.05, gt=0, le=1)
+    initial_values: dict[str, float] = Field(default_factory=dict)
+    parameters: dict[str, Any] = Field(default_factory=dict, description="fixed recipe-level parameters")
+    dtype: str | None = None
+    evomm: dict[str, Any] = Field(default_factory=dict, description="recipe `evomm:` section (keep_from, ...)")
+
+
+class DFSSpaceConfig(BaseModel):
+    """Options of the DFS genome; passed on to `evomm.search.dfs_space` as they are."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["dfs"] = "dfs"
+    models: list[str] = Field(min_length=1)
+
+
+class OutputConfig(_Strict):
+    save_model: bool = True
+    plots: bool = True
+
+
+class StageConfig(_Strict):
+    name: str = "search"
+    space: PSSpaceConfig | DFSSpaceConfig = Field(discriminator="type")
+    fitness: FitnessConfig | None = None
+    optimizer: OptimizerConfig | None = None
+    output: OutputConfig | None = None
+
+
+class EvolveConfig(_Strict):
+    name: str | None = None
+    seed: int = 0
+    num_threads: int = Field(1, ge=1, description="torch threads per evaluator")
+    device: str = "cpu"
+    architecture: str | None = Field(None, description="adapter name; default: detected from the checkpoints")
+    sources: dict[str, str] = Field(min_length=1, description="name -> checkpoint path")
+    fitness: FitnessConfig | None = None
+    optimizer: OptimizerConfig | None = None
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    space: PSSpaceConfig | DFSSpaceConfig | None = Field(None, discriminator="type")
+    stages: list[StageConfig] = Field(default_factory=list)
+    # pipeline-specific sections (e.g. a held-out evaluation) that other tools read
+    extras: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _normalise_stages(self) -> "EvolveConfig":
+        if self.space is not None:
+            if self.stages:
+                raise ValueError("give either a top-level `space` (one stage) or `stages`, not both")
+            self.stages = [StageConfig(name="search", space=self.space)]
+            self.space = None
+        if not self.stages:
+            raise ValueError("no search: add `stages:` or a top-level `space:`")
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        seen: set[str] = set()
+        for stage in self.stages:
+            if stage.output is None:
+                stage.output = self.output
+            if stage.fitness is None:
+                if self.fitness is None:
+                    raise ValueError(f"stage {stage.name!r}: no `fitness` (none at the top level either)")
+                stage.fitness = self.fitness
+            if stage.optimizer is None:
+                if self.optimizer is None:
+                    raise ValueError(f"stage {stage.name!r}: no `optimizer` (none at the top level either)")
+                stage.optimizer = self.optimizer
+            refs = list(stage.space.models)
+            if isinstance(stage.space, PSSpaceConfig) and stage.space.base_model:
+                refs.append(stage.space.base_model)
+            for ref in refs:
+                if ref.startswith(STAGE_REF):
+                    if ref[len(STAGE_REF):] not in seen:
+                        raise ValueError(f"stage {stage.name!r}: {ref!r} names no earlier stage")
+                elif ref not in self.sources:
+                    raise ValueError(f"stage {stage.name!r}: model {ref!r} is not one of sources {sorted(self.sources)}")
+            seen.add(stage.name)
+        return self
+
+
+def load_config(path: str | Path) -> EvolveConfig:
+    """Read and validate an evolve config; relative source paths are relative to the file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    config = parse_config(raw, where=str(path))
+    config.sources = {
+        name: str((path.parent / src).resolve()) if _is_relative_path(src, path.parent) else src
+        for name, src in config.sources.items()
+    }
+    return config
+
+
+def _is_relative_path(src: str, base: Path) -> bool:
+    return not Path(src).is_absolute() and (base / src).exists()
+
+
+def parse_config(raw: dict[str, Any], where: str = "config") -> EvolveConfig:
+    """Validate a config mapping, turning pydantic's report into one clear line."""
+    try:
+        return EvolveConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        msg = err["msg"].removeprefix("Value error, ")
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{where}: {loc + ': ' if loc else ''}{msg}{more}") from None

@@ -1,0 +1,125 @@
+"""Kill-and-resume: a run SIGKILLed mid-generation and resumed ends exactly like one left alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from evomm.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config(tmp_path: Path, sleep: float) -> Path:
+    config = {
+        "seed": 3,
+        "sources": {"base": "base", "a": "a", "b": "b"},
+        "space": {"type": "ps", "method": "task_arithmetic", "base_model": "base", "models": ["a", "b"],
+                  "num_layers": 4, "layers_per_group": 2},
+        "fitness": {"metric": "search_fitness:quadratic", "options": {"sleep": sleep, "fail": "raise"}},
+        "optimizer": {"name": "cmaes", "popsize": 6, "generations": 5, "sigma0": 0.3},
+        "output": {"save_model": False},  # no real checkpoints here: the test is about the engine
+    }
+    config_path = tmp_path / f"config_{sleep}.yml"
+    config_path.write_text(yaml.safe_dump(config))
+    return config_path
+
+
+@pytest.fixture(autouse=True)
+def _engine_test_fitness(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+
+
+def _evolve(config: Path, out: Path, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
+    return subprocess.Popen(
+        [sys.executable, "-m", "evomm.cli", "evolve", str(config), "--out", str(out), "--no-progress", *extra],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _outcome(run_dir: Path) -> dict:
+    result = json.loads((run_dir / "result.json").read_text())
+    return {
+        "best_genome": result["best_genome"],
+        "best_fitness": result["best_fitness"],
+        "history": [(h["generation"], h["best"], h["mean"], h["best_so_far"], h["failed"]) for h in result["history"]],
+        "recipe": (run_dir / "best_recipe.yml").read_text(),
+    }
+
+
+def _evaluations(run_dir: Path) -> list[tuple]:
+    rows = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
+    return [(r["generation"], r["index"], r["genome"], r["fitness"], r["error"]) for r in rows]
+
+
+def test_sigkill_mid_generation_then_resume_matches_uninterrupted_run(tmp_path):
+    # ~0.15 s per candidate, 6 per generation: kills land inside generations, not between them
+    config_path = _config(tmp_path, sleep=0.15)
+
+    alone = tmp_path / "alone"  # the uninterrupted run, in this process (saves a start-up)
+    assert main(["evolve", str(config_path), "--out", str(alone), "--no-progress"]) == 0
+
+    killed = tmp_path / "killed"
+    evals = killed / "evaluations.jsonl"
+    kills = 0
+    # kill after 3 evaluations (inside generation 0, before any checkpoint), then after 16
+    # (inside generation 2), resuming each time
+    for threshold in (3, 16):
+        proc = _evolve(config_path, killed, *(["--resume"] if kills else []))
+        deadline = time.time() + 60
+        while _lines(evals) < threshold and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.communicate()[0]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        assert not (killed / "result.json").exists()
+    proc = _evolve(config_path, killed, "--resume")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+
+    assert _outcome(killed) == _outcome(alone)
+    assert _evaluations(killed) == _evaluations(alone)
+    assert len(_evaluations(alone)) == 5 * 6
+
+
+def test_resume_refuses_a_different_config(tmp_path, capsys):
+    config = _config(tmp_path, sleep=0.0)
+    run_dir = tmp_path / "run"
+    assert main(["evolve", str(config), "--out", str(run_dir), "--no-progress"]) == 0
+    raw = yaml.safe_load(config.read_text())
+    raw["optimizer"]["sigma0"] = 0.1
+    config.write_text(yaml.safe_dump(raw))
+    (run_dir / "result.json").unlink()  # pretend the run is unfinished
+    assert main(["evolve", str(config), "--out", str(run_dir), "--no-progress", "--resume"]) == 2
+    assert "different settings" in capsys.readouterr().err
+
+
+def test_new_run_refuses_a_used_directory(tmp_path, capsys):
+    config = _config(tmp_path, sleep=0.0)
+    run_dir = tmp_path / "run"
+    assert main(["evolve", str(config), "--out", str(run_dir), "--no-progress"]) == 0
+    assert main(["evolve", str(config), "--out", str(run_dir), "--no-progress"]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_resume_of_a_finished_run_changes_nothing(tmp_path):
+    config = _config(tmp_path, sleep=0.0)
+    run_dir = tmp_path / "run"
+    assert main(["evolve", str(config), "--out", str(run_dir), "--no-progress"]) == 0
+    before = (_outcome(run_dir), _evaluations(run_dir))
+    assert main(["evolve", str(config), "--out", str(run_dir), "--no-progress", "--resume"]) == 0
+    assert (_outcome(run_dir), _evaluations(run_dir)) == before
