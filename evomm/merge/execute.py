@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import zlib
 from pathlib import Path
 
 import torch
@@ -30,11 +29,6 @@ TOKENIZER_AUX = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.
                  "spiece.model", "chat_template.json", "chat_template.jinja")
 
 
-def tensor_seed(seed: int, name: str) -> int:
-    """A per-tensor seed: every tensor gets its own DARE mask, reproducibly."""
-    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
-
-
 def merge_tensor(plan: MergePlan, task: TensorTask, device: str | torch.device = "cpu") -> torch.Tensor:
     """Compute one output tensor (float32, on `device`)."""
     prim = plan.primary_input.source
@@ -48,7 +42,7 @@ def merge_tensor(plan: MergePlan, task: TensorTask, device: str | torch.device =
             tensor = tensor[: task.rows]
         tensors[ref] = tensor.to(device=device, dtype=torch.float32)
     params = resolve_parameters(recipe, task.name, t=task.t, model_names=task.inputs)
-    result = recipe.method.apply(tensors, recipe.base_model, params, tensor_seed(recipe.evomm.seed, task.name))
+    result = recipe.method.apply(tensors, recipe.base_model, params, recipe.evomm.seed, task.name)
     if task.rows is not None:
         extra = prim.get(task.name)[task.rows:].to(device=device, dtype=torch.float32)
         result = torch.cat([result, extra], dim=0)

@@ -1,76 +1,64 @@
 """The recipe's view of the merge-method registry (`evomm.merge.methods.METHODS`).
 
-The registry holds the arithmetic (plain functions on float32 tensors). This module answers
-what a recipe needs to know about a method (its YAML parameter names, which are per model,
-defaults, whether it needs a base) and calls the function with a tensor's resolved
-parameters, so planning and arithmetic stay apart.
+The registry holds the arithmetic (plain functions on float32 tensors) and binds parameters
+by their mergekit names. This module adds what a recipe needs on top: which YAML names are
+per model and which are method-wide (mergekit-compatibility names included), and calling a
+method on one tensor group with the values `resolve_parameters` found.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from evomm.errors import ConfigError
 
-# accepted for mergekit compatibility; they do not change the result
-NO_OP_GLOBALS = {"int8_mask": False}
-# YAML name -> the function's argument name, where they differ
-_ARG_NAMES = {"weight": "weights", "density": "densities", "lambda": "lambda_"}
-
 
 @dataclass(frozen=True)
 class MethodInfo:
     name: str
-    fn: Callable[..., torch.Tensor]
+    spec: Any  # evomm.merge.methods.MethodSpec
     needs_base: bool
-    model_params: tuple[str, ...]
-    global_params: tuple[str, ...]
+    model_params: tuple[str, ...]  # per model, also settable at the top level as a fallback
+    global_params: tuple[str, ...]  # method-wide: top level only
     defaults: dict[str, Any] = field(default_factory=dict)
-    base_params: tuple[str, ...] = ()  # per-model params that also apply to the base
-    exact_inputs: int | None = None  # slerp: base + one other
+    base_params: tuple[str, ...] = ()  # per-model params resolved for the base model too
+    ignored_model_params: tuple[str, ...] = ()  # mergekit names accepted per model, no effect
+    min_models: int = 1  # merged models besides the base
+    max_models: int | None = None
 
-    def apply(self, tensors: dict[str, torch.Tensor], base_ref: str | None, params, seed: int) -> torch.Tensor:
-        """Run the method on one tensor group (float32) with `resolve_parameters` output."""
-        sig = _signature(self.fn)
+    @property
+    def exact_inputs(self) -> int | None:
+        """Models including the base, when the method fixes it (slerp: 2)."""
+        if self.max_models is not None and self.max_models == self.min_models:
+            return self.max_models + int(self.needs_base)
+        return None
+
+    def apply(self, tensors: dict[str, torch.Tensor], base_ref: str | None, params, seed: int,
+              tensor_name: str) -> torch.Tensor:
+        """Run the method on one tensor group (float32) with `resolve_parameters` output.
+
+        `seed` is the merge-wide seed; DARE methods derive the tensor's own seed from it
+        and `tensor_name` exactly as the in-memory candidates do.
+        """
+        from evomm.merge.methods import tensor_seed
+
         if self.needs_base:
             base = tensors[base_ref]
             refs = [r for r in tensors if r != base_ref]
         else:
             base, refs = None, list(tensors)
-        kwargs: dict[str, Any] = {}
-        for name, value in params.global_.items():
-            arg = _arg(name, sig)
-            if arg is not None:
-                kwargs[arg] = value
-        for name in self.model_params:
-            arg = _arg(name, sig)
-            if arg is not None:
-                kwargs[arg] = [params.per_model[r][name] for r in refs]
-        if "seed" in sig and "seed" not in kwargs:
-            kwargs["seed"] = seed
-        if self.exact_inputs == 2 and self.needs_base and "tensors" not in sig:  # slerp(a, b, t)
-            return self.fn(base, tensors[refs[0]], **kwargs)
-        others = [tensors[r] for r in refs]
-        if base is not None:
-            return self.fn(base, others, **kwargs)
-        return self.fn(others, **kwargs)
+        per_model = {p: [params.per_model[r][p] for r in refs] for p in self.spec.per_model_params}
+        global_ = {p: v for p, v in params.global_.items() if p in self.global_params}
+        tseed = tensor_seed(seed, tensor_name) if self.spec.uses_seed else None
+        return self.spec(base, [tensors[r] for r in refs], per_model, global_, seed=tseed)
 
 
-@lru_cache(maxsize=None)
-def _signature(fn: Callable) -> tuple[str, ...]:
-    return tuple(inspect.signature(fn).parameters)
-
-
-def _arg(name: str, sig: tuple[str, ...]) -> str | None:
-    for candidate in (name, _ARG_NAMES.get(name), name + "_", name + "s"):
-        if candidate and candidate in sig:
-            return candidate
-    return None
+# parameters mergekit binds per model (the rest are method-wide)
+_MERGEKIT_PER_MODEL = {"weight", "density", "gamma", "epsilon"}
 
 
 def _registry() -> dict[str, Any]:
@@ -83,30 +71,22 @@ def known_methods() -> list[str]:
     return sorted(_registry())
 
 
-def _get(spec: Any, *names: str, default: Any = None) -> Any:
-    for name in names:
-        if isinstance(spec, dict) and name in spec:
-            return spec[name]
-        if hasattr(spec, name):
-            return getattr(spec, name)
-    return default
-
-
 @lru_cache(maxsize=None)
 def method_info(name: str) -> MethodInfo:
     registry = _registry()
     if name not in registry:
         raise ConfigError(f"merge_method: unknown merge method {name!r} (known: {', '.join(sorted(registry))})")
     spec = registry[name]
-    fn = _get(spec, "fn", "function", "func")
-    model_params = tuple(_get(spec, "model_params", "per_model", "per_model_params", default=()))
-    global_params = tuple(_get(spec, "global_params", "globals", "global_param_names", default=()))
-    defaults = dict(_get(spec, "defaults", default={}) or {})
-    for extra, value in NO_OP_GLOBALS.items():
-        if _get(spec, "needs_base", default=False) and extra not in global_params and name != "slerp":
-            global_params += (extra,)
-            defaults.setdefault(extra, value)
-    exact = 2 if name == "slerp" else _get(spec, "exact_inputs", "num_inputs", default=None)
-    return MethodInfo(name=name, fn=fn, needs_base=bool(_get(spec, "needs_base", default=False)),
-                      model_params=model_params, global_params=global_params, defaults=defaults,
-                      exact_inputs=exact)
+    compat = dict(spec.compat_params)
+    model_params = tuple(spec.per_model_params)
+    # compatibility names (int8_mask, rescale...) are accepted where mergekit accepts them; the
+    # registry checks their values when they reach it as method-wide parameters
+    ignored = tuple(p for p in compat if p in _MERGEKIT_PER_MODEL)
+    global_params = tuple(spec.global_params) + tuple(p for p in compat if p not in ignored)
+    defaults = dict(spec.defaults)
+    for p, allowed in compat.items():
+        if isinstance(allowed, (bool, int, float, str)):
+            defaults.setdefault(p, allowed)
+    return MethodInfo(name=name, spec=spec, needs_base=spec.needs_base, model_params=model_params,
+                      global_params=global_params, defaults=defaults, ignored_model_params=ignored,
+                      min_models=spec.min_models, max_models=spec.max_models)

@@ -129,9 +129,12 @@ class Recipe(BaseModel):
             raise ValueError("models: the same model is listed twice")
         if info.needs_base and self.base_model is None:
             raise ValueError(f"base_model: required by merge_method {self.merge_method}")
-        if info.exact_inputs is not None and len(refs) != info.exact_inputs:
-            raise ValueError(f"models: {self.merge_method} merges exactly {info.exact_inputs} models "
-                             f"(base_model included), got {len(refs)}")
+        merged = len(refs) - int(info.needs_base)
+        if merged < info.min_models or (info.max_models is not None and merged > info.max_models):
+            want = (f"exactly {info.min_models}" if info.max_models == info.min_models
+                    else f"at least {info.min_models}")
+            besides = " besides base_model" if info.needs_base else ""
+            raise ValueError(f"models: {self.merge_method} merges {want} model(s){besides}, got {merged}")
         for name in info.model_params:
             if name in info.defaults:
                 continue
@@ -181,7 +184,8 @@ class Recipe(BaseModel):
 
 def _check_names(where: str, params: dict | None, info: MethodInfo, top_level: bool) -> None:
     for name in params or {}:
-        if name in info.model_params or (top_level and name in info.global_params):
+        if name in info.model_params or name in info.ignored_model_params or (
+                top_level and name in info.global_params):
             continue
         if not top_level and name in info.global_params:
             raise ValueError(f"{where}.{name}: {name!r} applies to the whole merge; "
