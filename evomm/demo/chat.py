@@ -1,0 +1,181 @@
+"""Answering a question about an image with the merged VLM and its parents, streamed.
+
+A parent may be a text-only language model (the Japanese LM of EvoVLM-JP): it answers the
+question without seeing the image, which is exactly the comparison the demo wants to show.
+Models load lazily on first use and stay cached; all generation goes through
+`TextIteratorStreamer` so answers appear token by token.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from evomm.demo.config import ModelRef
+from evomm.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+#: Seconds to wait for the next streamed token before giving up (a stuck generation).
+STREAM_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Sampling settings shown in the UI's accordion (already validated against the limits)."""
+
+    max_new_tokens: int = 48
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int = 0
+
+
+def _model_type(path: Path) -> str:
+    import json
+
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{path} has no config.json; is it a Hugging Face model directory?")
+    return str(json.loads(config_file.read_text(encoding="utf-8")).get("model_type", ""))
+
+
+VLM_MODEL_TYPES = frozenset({"llava", "llava_next"})
+
+
+def sees_images(path: Path) -> bool:
+    """Whether the model at `path` is a VLM (reads only its config)."""
+    return _model_type(path) in VLM_MODEL_TYPES
+
+
+class ChatModel:
+    """One model of the comparison: a LLaVA-style VLM or a text-only causal LM."""
+
+    def __init__(self, ref: ModelRef, device: str = "cpu"):
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+        self.ref = ref
+        self.device = device
+        model_type = _model_type(ref.path)
+        self.sees_images = model_type in VLM_MODEL_TYPES
+        common = dict(local_files_only=True, trust_remote_code=False)
+        if self.sees_images:
+            self.processor = AutoProcessor.from_pretrained(ref.path, **common)
+            self.tokenizer = self.processor.tokenizer
+            self.model = AutoModelForImageTextToText.from_pretrained(ref.path, use_safetensors=True, **common)
+        else:
+            self.processor = None
+            self.tokenizer = AutoTokenizer.from_pretrained(ref.path, **common)
+            self.model = AutoModelForCausalLM.from_pretrained(ref.path, use_safetensors=True, **common)
+        self.model.to(device).eval()
+        self._lock = threading.Lock()  # one generation per model at a time
+
+    def prompt(self, question: str) -> str:
+        """The model's input text: its chat template when it has one, else a plain layout."""
+        template_owner = self.processor if self.processor is not None else self.tokenizer
+        if getattr(template_owner, "chat_template", None):
+            content: object = question
+            if self.sees_images:
+                content = [{"type": "image"}, {"type": "text", "text": question}]
+            return template_owner.apply_chat_template(
+                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+            )
+        if self.sees_images:
+            image_token = getattr(self.processor, "image_token", "<image>")
+            return f"{image_token}\n{question}\n"
+        return f"{question}\n"
+
+    def _inputs(self, image: Image.Image | None, question: str) -> dict:
+        text = self.prompt(question)
+        if self.sees_images:
+            if image is None:
+                raise ValueError("a VLM needs an image")
+            inputs = self.processor(images=image, text=text, return_tensors="pt")
+        else:
+            inputs = self.tokenizer(text, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in inputs.items()}
+
+    def stream(self, image: Image.Image | None, question: str, settings: GenerationSettings) -> Iterator[str]:
+        """Yield the answer so far, growing token by token."""
+        from transformers import TextIteratorStreamer
+
+        inputs = self._inputs(image, question)
+        streamer = TextIteratorStreamer(
+            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=STREAM_TIMEOUT_S
+        )
+        sampling = settings.temperature > 0
+        kwargs = dict(
+            **inputs,
+            streamer=streamer,
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=sampling,
+            repetition_penalty=settings.repetition_penalty,
+            pad_token_id=self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id,
+        )
+        if sampling:
+            kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    if sampling:
+                        torch.manual_seed(settings.seed)
+                    self.model.generate(**kwargs)
+            except BaseException as err:  # surfaced in the caller's thread below
+                failure.append(err)
+                streamer.end()
+
+        with self._lock:
+            worker = threading.Thread(target=run, daemon=True)
+            worker.start()
+            text = ""
+            for piece in streamer:
+                text += piece
+                yield text
+            worker.join()
+        if failure:
+            raise failure[0]
+
+
+class ModelCache:
+    """Loads each model once (models are shared by all visitors; loading is slow)."""
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+        self._models: dict[Path, ChatModel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, ref: ModelRef) -> ChatModel:
+        with self._lock:
+            if ref.path not in self._models:
+                logger.info("loading %s from %s", ref.name, ref.path)
+                self._models[ref.path] = ChatModel(ref, self.device)
+            return self._models[ref.path]
+
+
+def compare(
+    cache: ModelCache,
+    refs: list[ModelRef],
+    image: Image.Image,
+    question: str,
+    settings: GenerationSettings,
+) -> Iterator[list[str]]:
+    """Answers of all `refs`, one after another, as a list growing while each streams."""
+    answers = [""] * len(refs)
+    for i, ref in enumerate(refs):
+        model = cache.get(ref)
+        for partial in model.stream(image if model.sees_images else None, question, settings):
+            answers[i] = partial
+            yield list(answers)
+        if not answers[i].strip():
+            answers[i] = "(no answer: the model produced only special tokens)"
+            yield list(answers)

@@ -1,0 +1,280 @@
+"""The demo's public-Space limits: each refusal is a clear message and the app keeps serving."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageFile
+
+from evomm.demo.config import DemoConfig, ModelRef, config_from
+from evomm.demo.fixtures import example_image, fabricate_run, tiny_vlm_pair
+from evomm.demo.handlers import DemoHandlers
+from evomm.demo.limits import DemoInputError, DemoLimits, check_float, check_int, check_prompt, open_image_upload
+from evomm.demo.paths import DemoPathError, resolve_within
+from evomm.demo.runs import list_runs, load_run, results_table
+from evomm.errors import ConfigError, EvommError
+
+LIMITS = DemoLimits(max_upload_bytes=200_000, max_image_pixels=512 * 512, max_prompt_chars=40, max_new_tokens=16)
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A tiny, valid-looking PNG that *declares* width x height (a decompression bomb)."""
+    import struct
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Fail the test if any pixel data is decoded."""
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("pixel data was decoded before the size check")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
+
+
+# --- uploads ---------------------------------------------------------------------------------
+
+def test_a_valid_image_is_opened_as_rgb(tmp_path):
+    path = example_image(tmp_path / "ok.png", seed=1, size=48)
+    image = open_image_upload(path, LIMITS)
+    assert image.mode == "RGB" and image.size == (48, 48)
+
+
+def test_non_image_upload_is_refused_with_a_message(tmp_path):
+    path = tmp_path / "notes.png"  # an image's name does not make it an image
+    path.write_text("#!/bin/sh\necho hello\n")
+    with pytest.raises(DemoInputError, match="not an image"):
+        open_image_upload(path, LIMITS)
+
+
+def test_image_formats_outside_the_allowed_list_are_refused(tmp_path):
+    path = tmp_path / "image.tiff"
+    Image.new("RGB", (8, 8)).save(path)
+    with pytest.raises(DemoInputError, match="format TIFF is not accepted"):
+        open_image_upload(path, LIMITS)
+
+
+def test_oversized_file_is_refused_before_reading_it(tmp_path, no_decoding):
+    path = tmp_path / "big.png"
+    path.write_bytes(b"\x89PNG" + os.urandom(LIMITS.max_upload_bytes))
+    with pytest.raises(DemoInputError, match=r"too large \(0\.2 MB\); the limit is 0\.2 MB"):
+        open_image_upload(path, LIMITS)
+
+
+def test_too_many_pixels_is_refused_from_the_header_without_decoding(tmp_path, no_decoding):
+    path = _png_header_only(tmp_path / "wide.png", 4000, 300)  # 1.2 M pixels > 262,144
+    assert path.stat().st_size < 200
+    with pytest.raises(DemoInputError, match=r"4000x300 pixels; the limit is 262,144 pixels"):
+        open_image_upload(path, LIMITS)
+
+
+def test_decompression_bomb_beyond_pil_limit_is_refused(tmp_path, no_decoding):
+    path = _png_header_only(tmp_path / "bomb.png", 60_000, 60_000)  # 3.6 G pixels in ~100 bytes
+    with pytest.raises(DemoInputError, match="too many pixels|too large"):
+        open_image_upload(path, DemoLimits(max_image_pixels=Image.MAX_IMAGE_PIXELS * 10))
+
+
+def test_truncated_image_is_refused(tmp_path):
+    path = example_image(tmp_path / "ok.png", size=64)
+    path.write_bytes(path.read_bytes()[:120])
+    with pytest.raises(DemoInputError, match="damaged|could not"):
+        open_image_upload(path, LIMITS)
+
+
+# --- prompts and settings --------------------------------------------------------------------
+
+def test_over_long_prompt_is_refused_with_its_length():
+    with pytest.raises(DemoInputError, match="too long: 41 characters; the limit is 40"):
+        check_prompt("あ" * 41, LIMITS)
+    assert check_prompt("  " + "あ" * 40 + "\n", LIMITS) == "あ" * 40
+
+
+def test_empty_or_non_text_prompt_is_refused():
+    with pytest.raises(DemoInputError, match="Please enter a question"):
+        check_prompt("   ", LIMITS)
+    with pytest.raises(DemoInputError, match="must be text"):
+        check_prompt(["list"], LIMITS)
+
+
+def test_generation_settings_outside_bounds_are_refused():
+    assert check_int(16, "Max new tokens", 1, 16) == 16
+    with pytest.raises(DemoInputError, match="between 1 and 16 \\(got 1000\\)"):
+        check_int(1000, "Max new tokens", 1, 16)
+    with pytest.raises(DemoInputError, match="whole number"):
+        check_int(2.5, "Steps", 1, 8)
+    with pytest.raises(DemoInputError, match="must be a number"):
+        check_float("lots", "Temperature", 0, 2)
+    with pytest.raises(DemoInputError, match="between"):
+        check_float(float("nan"), "Temperature", 0, 2)
+
+
+# --- paths and runs --------------------------------------------------------------------------
+
+@pytest.fixture
+def runs_root(tmp_path):
+    root = tmp_path / "runs"
+    fabricate_run(root / "toy_a", seed=0, generations=3)
+    fabricate_run(root / "nested" / "toy_b", seed=1, generations=3)
+    (root / "not_a_run").mkdir()
+    outside = fabricate_run(tmp_path / "secret_run", seed=2, generations=3)
+    (root / "escape").symlink_to(outside, target_is_directory=True)
+    return root
+
+
+def test_runs_are_listed_and_symlinks_out_of_the_root_are_not(runs_root):
+    assert sorted(list_runs(runs_root)) == ["nested/toy_b", "toy_a"]
+
+
+@pytest.mark.parametrize("name", ["../secret_run", "/etc", "escape", "toy_a/../../secret_run", "nested/../../x"])
+def test_paths_outside_the_runs_root_are_refused(runs_root, name):
+    with pytest.raises(DemoPathError, match="not a run under the configured runs root"):
+        load_run(runs_root, name)
+
+
+def test_a_directory_that_is_not_a_run_is_refused(runs_root):
+    with pytest.raises(DemoPathError, match="'not_a_run' is not a run"):
+        load_run(runs_root, "not_a_run")
+    with pytest.raises(DemoPathError, match="choose a run"):
+        resolve_within(runs_root, "")
+
+
+def test_a_run_shows_plots_recipe_table_and_dfs_path(runs_root):
+    view = load_run(runs_root, "nested/toy_b")
+    assert view.fitness_plot.name == "fitness.png" and view.genome_plot.name == "genome.png"
+    assert "merge_method: task_arithmetic" in view.recipe_text
+    assert view.dfs_summary.startswith("`dfs_path`: ")
+    assert view.table_headers == ["model", "rougeL", "rougeL_strict", "keyword_acc"]
+    assert [row[0] for row in view.table_rows][:2] == ["english_vlm", "japanese_lm"]
+    assert view.notes == []
+
+
+def test_results_table_orders_known_models_first_and_skips_non_numbers():
+    headers, rows = results_table({"models": {"zeta": {"rougeL": 1}, "ps": {"rougeL": 2.345, "note": "x"},
+                                              "english_vlm": {"rougeL": 3}}})
+    assert headers == ["model", "rougeL"]
+    assert rows == [["english_vlm", 3.0], ["ps", 2.35], ["zeta", 1.0]]
+
+
+def test_a_run_with_missing_files_says_what_is_missing(tmp_path):
+    run = tmp_path / "runs" / "partial"
+    run.mkdir(parents=True)
+    (run / "evaluations.jsonl").write_text(json.dumps({"generation": 0, "fitness": 1.0}) + "\n")
+    view = load_run(tmp_path / "runs", "partial")
+    assert view.fitness_plot is None and view.table_rows == []
+    assert "This run has no fitness.png yet." in view.notes
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+def test_config_reads_flags_then_environment(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "p1").mkdir()
+    (tmp_path / "runs").mkdir()
+    env = {"EVOMM_DEMO_MERGED": str(tmp_path / "m"), "EVOMM_DEMO_PARENTS": f"英語VLM={tmp_path / 'p1'}",
+           "EVOMM_DEMO_RUNS_ROOT": str(tmp_path / "runs"), "EVOMM_DEMO_THREADS": "2"}
+    config = config_from(None, env=env, base=tmp_path)
+    assert config.merged.path == (tmp_path / "m").resolve()
+    assert [(p.name, p.path) for p in config.parents] == [("英語VLM", (tmp_path / "p1").resolve())]
+    assert config.runs_root == (tmp_path / "runs").resolve() and config.threads == 2
+    assert config.sdxl_merged is None and not config.has_sdxl
+
+
+def test_config_rejects_missing_model_dirs_with_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="model directory not found: 'nowhere'"):
+        config_from(None, env={"EVOMM_DEMO_MERGED": "nowhere"}, base=tmp_path)
+
+
+# --- the handlers and the running app --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    models = tiny_vlm_pair(root / "models")
+    examples = root / "examples"
+    example_image(examples / "circle.png", seed=1)
+    fabricate_run(root / "runs" / "toy", seed=0, generations=3)
+    config = DemoConfig(
+        merged=ModelRef(name="merged", path=models["merged"]),
+        parents=[ModelRef(name=n, path=models[n]) for n in ("english_vlm", "japanese_lm")],
+        runs_root=root / "runs",
+        examples_dir=examples,
+        limits=LIMITS,
+    )
+    return config, root
+
+
+def test_handlers_refuse_bad_input_before_touching_models(tiny_setup, tmp_path):
+    config, root = tiny_setup
+    handlers = DemoHandlers(config, upload_roots=[tmp_path])
+    good = str(root / "examples" / "circle.png")
+    args = dict(max_new_tokens=8, temperature=0, top_p=1, repetition_penalty=1, seed=0)
+    with pytest.raises(DemoInputError, match="too long"):
+        next(handlers.answer(good, "長" * 41, **args))
+    with pytest.raises(DemoInputError, match="upload an image"):
+        next(handlers.answer(None, "何色？", **args))
+    with pytest.raises(DemoInputError, match="Max new tokens must be between 1 and 16"):
+        next(handlers.answer(good, "何色？", **{**args, "max_new_tokens": 10_000}))
+    stray = example_image(root / "stray.png")  # a real image, but not an upload
+    with pytest.raises(DemoPathError, match="not uploaded through this page"):
+        next(handlers.answer(str(stray), "何色？", **args))
+    assert handlers.chat_models._models == {}  # nothing was loaded for refused requests
+    with pytest.raises(DemoInputError, match="No SDXL model is configured"):
+        handlers.generate_images("青い丸", 4, 0, 0.0)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_running_app_answers_with_messages_and_keeps_serving(tiny_setup, tmp_path):
+    """Through the real server (gradio_client): each bad request gets its message, then a good one works."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    from evomm.demo.app import launch_app
+
+    config, root = tiny_setup
+    port = _free_port()
+    app = launch_app(config, host="127.0.0.1", port=port, block=False)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        settings = (8, 0.0, 1.0, 1.0, 0)
+        not_image = tmp_path / "payload.png"
+        not_image.write_text("<?php echo 1; ?>")
+        oversized = Image.effect_noise((600, 600), 64).convert("RGB")  # 360,000 px > 262,144
+        oversized.save(tmp_path / "large.jpg", quality=50)
+        assert (tmp_path / "large.jpg").stat().st_size < LIMITS.max_upload_bytes
+
+        cases = [
+            (handle_file(str(not_image)), "何色ですか？", "not an image"),
+            (handle_file(str(tmp_path / "large.jpg")), "何色ですか？", "600x600 pixels"),
+            (handle_file(str(root / "examples" / "circle.png")), "長" * 41, "too long: 41 characters"),
+        ]
+        for image, question, message in cases:
+            with pytest.raises(AppError, match=message):
+                client.predict(image, question, *settings, api_name="/answer")
+        with pytest.raises(AppError, match="not in the list of choices|not a run"):
+            client.predict("../../etc", api_name="/open_run")
+
+        status, merged, english, japanese = client.predict(
+            handle_file(str(root / "examples" / "circle.png")), "この図形は何色ですか？", *settings, api_name="/answer"
+        )
+        assert status.startswith("done") and merged and english and japanese
+        assert client.predict("toy", api_name="/open_run")[6].startswith("merge_method")
+    finally:
+        app.close()
