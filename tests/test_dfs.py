@@ -138,6 +138,34 @@ def test_checkpoint_with_unit_scales_reads_as_base_architecture(sources, ids, tm
     assert torch.allclose(logits(plain, ids), logits(dfs, ids), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_other_decoder_families(family, ids, tmp_path):
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    shape = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    if family == "llama":
+        make = lambda: LlamaForCausalLM(LlamaConfig(**shape)).eval()  # noqa: E731
+    else:  # sliding attention in layers 2 and 3: the DFS layer types must follow the path
+        make = lambda: Qwen2ForCausalLM(Qwen2Config(**shape, use_sliding_window=True, sliding_window=3,  # noqa: E731
+                                                    max_window_layers=2)).eval()
+    torch.manual_seed(0)
+    a = make()
+    torch.manual_seed(1)
+    b = make()
+    dfs = DFSForCausalLM.from_sources([a, b], [[0, l] for l in range(4)])
+    assert torch.allclose(logits(dfs, ids), logits(a, ids), atol=1e-5, rtol=0)
+    path = [[0, 0], [1, 1], [0, 1], [1, 2], [1, 2], [0, 3], [1, 3]]
+    dfs.set_path(path, [1.0, 0.9, 1.0, 1.0, 1.1, 1.0, 1.0])
+    if family == "qwen2":
+        assert dfs.config.layer_types == ["full_attention"] * 3 + ["sliding_attention"] * 4
+    with torch.no_grad():
+        assert torch.equal(dfs.generate(ids, max_new_tokens=6, do_sample=False),
+                           dfs.generate(ids, max_new_tokens=6, do_sample=False, use_cache=False))
+    loaded = AutoModelForCausalLM.from_pretrained(save_dfs(dfs, tmp_path / "dfs"))
+    assert torch.equal(logits(loaded, ids), logits(dfs, ids))
+
+
 def test_bad_inputs_raise_dfs_errors(sources):
     with pytest.raises(DFSError, match="no layer 4"):
         DFSForCausalLM.from_sources(sources, [[0, 4]])
@@ -313,7 +341,7 @@ def test_random_genomes_run_on_one_preallocated_model(sources, ids):
     models = [merged, sources[1]]
     space = build_space(models, repeats=2, max_length=8)
     assert space.num_layers == [4, 4]
-    model = DFSForCausalLM.from_sources(models, space.decode(space.initial())["path"])
+    model = DFSForCausalLM.from_spec(models, space.decode(space.initial()))
     assert torch.allclose(logits(model, ids), logits(merged, ids), atol=1e-5, rtol=0)
     rng = np.random.default_rng(3)
     for _ in range(3):

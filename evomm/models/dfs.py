@@ -424,6 +424,17 @@ class DFSForCausalLM(DFSPreTrainedModel, GenerationMixin):
         _check_no_meta(model)
         return model
 
+    @classmethod
+    def from_spec(cls, sources: Sequence[nn.Module], spec: dict[str, Any]) -> DFSForCausalLM:
+        """Build from a decoded DFS genome; `sources` in the order of `spec["sources"]`."""
+        _check_spec(spec)
+        names = spec.get("sources")
+        if names is not None and len(names) != len(sources):
+            raise DFSError(f"the DFS spec names {len(names)} sources but {len(sources)} were given")
+        return cls.from_sources(sources, spec["path"], spec.get("scales"),
+                                embed_source=int(spec.get("embed_source", 0)),
+                                head_source=spec.get("head_source"), source_names=names)
+
     def set_path(self, path: Sequence[Sequence[int]], scales: Sequence[float] | None = None) -> None:
         """Re-route in place: the next forward uses the new path and scales."""
         self.model.set_path(path, scales)
@@ -482,11 +493,16 @@ class DFSForCausalLM(DFSPreTrainedModel, GenerationMixin):
 
 def apply_spec(model: DFSModel | DFSForCausalLM, spec: dict[str, Any]) -> None:
     """Set a DFS model's path and scales from a decoded genome spec."""
-    if spec.get("type") != "dfs":
-        raise DFSError(f"expected a DFS spec (type: dfs), got type {spec.get('type')!r}")
+    _check_spec(spec)
+    model.set_path(spec["path"], spec.get("scales"))
+
+
+def _check_spec(spec: dict[str, Any]) -> None:
+    if not isinstance(spec, dict) or spec.get("type") != "dfs":
+        kind = spec.get("type") if isinstance(spec, dict) else type(spec).__name__
+        raise DFSError(f"expected a DFS spec (type: dfs), got type {kind!r}")
     if "path" not in spec:
         raise DFSError("DFS spec has no `path`")
-    model.set_path(spec["path"], spec.get("scales"))
 
 
 def dfs_into_llava(llava: nn.Module, dfs: DFSModel | DFSForCausalLM) -> nn.Module:
