@@ -1,0 +1,102 @@
+"""Write a stage's best candidate as a loadable HF checkpoint with a model card.
+
+PS: the best recipe is an ordinary merge recipe, so `evomm merge`'s executor writes it (the
+same code path a user re-running best_recipe.yml takes); the card it writes gets an
+"Evolution" section. DFS: the sources are loaded, the DFS model built over them and saved
+(with a LLaVA source providing the embeddings, the DFS backbone goes back into that LLaVA, so
+the result is still a VLM). Both are written into a temporary folder next to the target and
+renamed into place, so an interrupted export leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from evomm.errors import ConfigError
+
+
+def save_ps_model(recipe: dict[str, Any], model_dir: str | Path, card: dict[str, Any] | None = None) -> Path:
+    """Merge `recipe` into `model_dir` with `evomm merge`'s executor; add the evolution card."""
+    from evomm.io.outdir import atomic_output_dir
+    from evomm.merge.execute import run_merge
+    from evomm.merge.recipe import Recipe
+
+    model_dir = Path(model_dir)
+    with atomic_output_dir(model_dir, overwrite=True) as tmp:
+        merged = tmp / "merged"
+        run_merge(Recipe.from_dict(recipe, source="best recipe"), merged, progress=False)
+        for item in merged.iterdir():
+            item.rename(tmp / item.name)
+        merged.rmdir()
+        _append_card(tmp / "README.md", card)
+    return model_dir
+
+
+def save_dfs_model(spec: dict[str, Any], model_dir: str | Path, card: dict[str, Any] | None = None) -> Path:
+    """Build the DFS model of `spec` over its sources and save it (a LLaVA stays a LLaVA)."""
+    import torch
+
+    from evomm.io.outdir import atomic_output_dir, copy_aux_files
+    from evomm.models.dfs import DFSForCausalLM, dfs_into_llava
+
+    sources = [load_decoder_source(path) for path in spec["sources"]]
+    dfs = DFSForCausalLM.from_sources(
+        sources, spec["path"], spec.get("scales"),
+        embed_source=int(spec.get("embed_source", 0)),
+        head_source=spec.get("head_source"),
+        source_names=[str(s) for s in spec["sources"]],
+    )
+    embed = sources[int(spec.get("embed_source", 0))]
+    out_model = dfs_into_llava(embed, dfs) if _is_llava(embed) else dfs
+    model_dir = Path(model_dir)
+    with atomic_output_dir(model_dir, overwrite=True) as tmp:
+        with torch.no_grad():
+            out_model.save_pretrained(tmp, safe_serialization=True)
+        copy_aux_files(Path(spec["sources"][int(spec.get("embed_source", 0))]), tmp)
+        (tmp / "dfs_spec.json").write_text(json.dumps(spec, indent=1))
+        title = f"# {model_dir.name}\n\nA data-flow-space (DFS) merge made with evomm: a path of " \
+                f"{len(spec['path'])} layers through {len(spec['sources'])} source models.\n"
+        (tmp / "README.md").write_text(
+            "---\nlibrary_name: transformers\ntags: [merge, evomm, dfs]\n---\n\n" + title)
+        _append_card(tmp / "README.md", card)
+    return model_dir
+
+
+def load_decoder_source(path: str | Path):
+    """A source checkpoint as a transformers model (a LLaVA as LLaVA, else a causal LM)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path)
+    if getattr(config, "model_type", "") in ("llava", "llava_next"):
+        from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+
+        cls = LlavaNextForConditionalGeneration if config.model_type == "llava_next" else LlavaForConditionalGeneration
+        return cls.from_pretrained(path, use_safetensors=True).eval()
+    if getattr(config, "model_type", "") == "evomm_dfs":
+        raise ConfigError(f"{path}: a saved DFS model cannot be a DFS source yet; use its PS sources")
+    return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).eval()
+
+
+def _is_llava(model) -> bool:
+    inner = getattr(model, "model", None)
+    return inner is not None and hasattr(inner, "language_model") and hasattr(inner, "vision_tower")
+
+
+def _append_card(readme: Path, card: dict[str, Any] | None) -> None:
+    if not card:
+        return
+    lines = [
+        "", "## Evolution", "",
+        f"Found by `evomm evolve` (stage `{card.get('stage')}`): best fitness "
+        f"{card.get('best_fitness'):.6g} ({card.get('fitness_metric')}) after "
+        f"{card.get('evaluations')} evaluations in {card.get('generations')} generations.", "",
+    ]
+    if card.get("recipe") is not None:
+        lines += ["Best candidate:", "", "```yaml",
+                  yaml.safe_dump(card["recipe"], sort_keys=False, allow_unicode=True).rstrip(), "```", ""]
+    text = readme.read_text(encoding="utf-8") if readme.exists() else ""
+    readme.write_text(text + "\n".join(lines), encoding="utf-8")
