@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Install evomm with its test dependencies into .venv (torch pinned to the wheels on disk) and run the tests.
+# Install evomm with its test dependencies into .venv (torch pinned to the wheels on disk),
+# install Debian's Chromium for the browser test, and run the test suite.
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh -m slow`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/install_browser.sh
 python3 -m venv .venv
 . .venv/bin/activate
 pip install -q -c constraints.txt -e ".[test]"
