@@ -251,8 +251,7 @@ class DFSModel(DFSPreTrainedModel):
         path = check_path(path, [len(p.backbone.layers) for p in parts])
         scales = check_scales(scales, len(path))
         config = _dfs_config(parts, path, scales, names, embed_source, norm_source)
-        with torch.device("meta"):
-            model = cls(config)
+        model = _empty_shell(cls, config)
         model._attach_sources(parts, embed_source, norm_source)
         model.set_path(path, scales)
         _check_no_meta(model)
@@ -413,11 +412,9 @@ class DFSForCausalLM(DFSPreTrainedModel, GenerationMixin):
             raise DFSError(f"lm_head of source {head_source} has {head_parts.lm_head.out_features} rows but "
                            f"the embeddings of source {embed_source} have {vocab}: tokenizers differ")
         backbone.config.dfs_head_source = head_source
-        with torch.device("meta"):
-            model = cls(backbone.config)
+        model = _empty_shell(cls, backbone.config)
         model.model = backbone
         model.lm_head = head_parts.lm_head
-        model.config = backbone.config
         model.config.tie_word_embeddings = model.lm_head.weight is backbone.embed_tokens.weight
         if head_parts.generation_config is not None:
             model.generation_config = copy.deepcopy(head_parts.generation_config)
@@ -581,6 +578,19 @@ def _dfs_config(parts, path, scales, names, embed_source, head_source) -> DFSCon
         dfs_embed_source=embed_source,
         dfs_head_source=head_source,
     )
+
+
+def _empty_shell(cls: type[PreTrainedModel], config: DFSConfig) -> PreTrainedModel:
+    """An instance of `cls` with no layers and meta tensors, to be filled with source modules."""
+    shell_config = copy.copy(config)
+    shell_config.num_hidden_layers = 0
+    shell_config.dfs_input_scales = []
+    if getattr(shell_config, "layer_types", None) is not None:
+        shell_config.layer_types = []
+    with torch.device("meta"):
+        model = cls(shell_config)
+    model.config = config
+    return model
 
 
 def _check_no_meta(model: nn.Module) -> None:

@@ -34,6 +34,7 @@ PS+DFS — DFS over a PS result and a source model — needs nothing special.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -275,7 +276,8 @@ def build_space(models: Sequence[Any], *, num_layers: Sequence[int] | None = Non
         num_layers = [source_depth(m) for m in models]
     elif len(num_layers) != len(models):
         raise ConfigError(f"dfs: num_layers has {len(num_layers)} entries for {len(models)} models")
-    names = [m if isinstance(m, str) else getattr(getattr(m, "config", None), "_name_or_path", "") or f"source{i}"
+    names = [str(m) if isinstance(m, (str, os.PathLike))
+             else getattr(getattr(m, "config", None), "_name_or_path", "") or f"source{i}"
              for i, m in enumerate(models)]
     try:
         return DFSSpace(num_layers, names, **options)
