@@ -1,0 +1,242 @@
+"""Build the toy SDXL zoo: base, Japanese fine-tune, 4-step distillation, open_clip scorer.
+
+Output layout (each pipeline a diffusers `StableDiffusionXLPipeline` directory):
+
+    base/      English tokenizer + text encoders, UNet trained for ~25 guided steps
+    japanese/  Japanese tokenizer + new text encoders, UNet fine-tuned from base
+    fewstep/   English encoders, UNet distilled from base for 4 trailing Euler steps, guidance 0
+    clip/      open_clip model (`local-dir:` layout) that scores images against English text
+    prompts.json   fitness / held-out Japanese prompts with English glosses
+    MANIFEST.json  recipe, measurements and sha256 of every file
+
+Everything is written to a temporary folder next to the target and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from . import data, models, train
+
+FEWSTEP_TIMESTEPS = [999, 749, 499, 249]  # EulerDiscreteScheduler, 4 steps, trailing spacing
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Step counts of every stage (step counts, not time limits, keep builds reproducible)."""
+
+    train_images: int = 3600
+    vae_steps: int = 250
+    vae_batch: int = 16
+    base_steps: int = 600
+    japanese_steps: int = 450
+    teacher_samples: int = 384
+    teacher_steps: int = 12
+    teacher_guidance: float = 5.0
+    distill_steps: int = 300
+    clip_steps: int = 300
+    batch: int = 64
+
+
+FULL_RECIPE = Recipe()
+SMALL_RECIPE = Recipe(train_images=72, vae_steps=4, base_steps=4, japanese_steps=4, teacher_samples=18,
+                      teacher_steps=2, distill_steps=4, clip_steps=3, batch=8, vae_batch=8)
+
+
+def _text_reading(name: str) -> bool:
+    """UNet parameters that read text embeddings: cross-attention K/V and the pooled-text embedding."""
+    return ".attn2.to_k." in name or ".attn2.to_v." in name or name.startswith("add_embedding.")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _save_pipeline(pipe, path: Path) -> None:
+    half = copy.deepcopy(pipe).to(dtype=torch.float16)
+    half.save_pretrained(path, safe_serialization=True)
+
+
+def _save_open_clip(model, sizes: models.ZooSizes, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True)
+    config = {"model_cfg": models.open_clip_config(sizes), "preprocess_cfg": models.CLIP_PREPROCESS}
+    (path / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path / "open_clip_model.safetensors"))
+
+
+@torch.no_grad()
+def _generated_accuracy(pipe, prompts: list[data.Prompt], clip_model, clip_tok, steps: int,
+                        guidance: float, seed: int) -> float:
+    """Share of generated images that the scorer assigns to the prompt's class."""
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
+    out = pipe([p.text for p in prompts], num_inference_steps=steps, guidance_scale=guidance,
+               generator=gens, output_type="pt").images
+    labels = torch.tensor([p.label for p in prompts])
+    return train.clip_accuracy(clip_model, clip_tok, out * 2 - 1, labels)
+
+
+def build_zoo(out_dir: str | Path, seed: int = 0, small: bool = False, threads: int = 1,
+              force: bool = False) -> dict:
+    """Train and write the zoo to `out_dir`; returns the manifest."""
+    import open_clip
+
+    torch.set_num_threads(threads)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        from evomm.errors import OutputExistsError
+
+        raise OutputExistsError(f"{out_dir} exists and is not empty (pass force=True / --force)")
+    sizes, recipe = (models.SMALL, SMALL_RECIPE) if small else (models.FULL, FULL_RECIPE)
+    started, timings, checks = time.time(), {}, {}
+
+    def lap(name: str, t0: float) -> None:
+        timings[name] = round(time.time() - t0, 1)
+        print(f"[zoo] {name}: {timings[name]} s", flush=True)
+
+    images, labels = data.make_images(recipe.train_images, seed=seed)
+    t0 = time.time()
+    vae = models.build_vae(sizes, seed)
+    scaling = train.train_vae(vae, images, recipe.vae_steps, batch=recipe.vae_batch, seed=seed)
+    vae.register_to_config(scaling_factor=scaling)
+    checks["vae_psnr_db"] = round(train.vae_psnr(vae, images[:256]), 2)
+    latents = train.encode_latents(vae, images, scaling)
+    lap("vae", t0)
+
+    en_corpus = [data.english_caption(lab, t) for lab in range(data.NUM_CLASSES)
+                 for t in range(len(data.EN_TEMPLATES))]
+    ja_corpus = [data.japanese_caption(lab, t) for lab in range(data.NUM_CLASSES)
+                 for t in range(len(data.JA_TEMPLATES))]
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent if out_dir.parent.exists() else None))
+    try:
+        # tokenizers are saved and reloaded at once: the pipeline must use the exact numbering it ships
+        from transformers import CLIPTokenizer
+
+        models.build_tokenizer(en_corpus).save_pretrained(tmp / "tok_en")
+        models.build_tokenizer(ja_corpus, data.JA_MORPHEMES).save_pretrained(tmp / "tok_ja")
+        tok_en = CLIPTokenizer.from_pretrained(tmp / "tok_en")
+        tok_ja = CLIPTokenizer.from_pretrained(tmp / "tok_ja")
+        te_en = models.build_text_encoders(tok_en, sizes, seed + 1)
+        te_ja = models.build_text_encoders(tok_ja, sizes, seed + 2)
+
+        # --- base: English captions, classifier-free guidance dropout
+        t0 = time.time()
+        unet = models.build_unet(sizes, seed)
+        base = models.assemble_pipeline(vae, *te_en, tok_en, unet)
+        en_emb, en_pool = train.caption_embeddings(base, en_corpus)
+        n_en = len(data.EN_TEMPLATES)
+
+        def en_caps(idx, gen):
+            return labels[idx] * n_en + torch.randint(n_en, (len(idx),), generator=gen)
+
+        train.train_denoiser(unet, latents, en_caps, en_emb, en_pool, recipe.base_steps,
+                             batch=recipe.batch, seed=seed + 10, desc="base")
+        _save_pipeline(base, tmp / "base")
+        lap("base", t0)
+
+        # --- japanese: new tokenizer + encoders; the text-reading layers learn fastest
+        t0 = time.time()
+        ja_unet = copy.deepcopy(unet)
+        japanese = models.assemble_pipeline(vae, *te_ja, tok_ja, ja_unet)
+        ja_emb, ja_pool = train.caption_embeddings(japanese, ja_corpus)
+        n_ja = len(data.JA_TEMPLATES)
+
+        def ja_caps(idx, gen):
+            return labels[idx] * n_ja + torch.randint(n_ja, (len(idx),), generator=gen)
+
+        train.train_denoiser(ja_unet, latents, ja_caps, ja_emb, ja_pool, recipe.japanese_steps,
+                             batch=recipe.batch, seed=seed + 20, desc="japanese",
+                             lr_multipliers=lambda name: 1.0 if _text_reading(name) else 0.2)
+        _save_pipeline(japanese, tmp / "japanese")
+        lap("japanese", t0)
+
+        # --- few-step: distil the guided base onto 4 trailing Euler steps without guidance
+        t0 = time.time()
+        gen = torch.Generator().manual_seed(seed + 30)
+        teacher_caps = torch.randint(len(en_corpus), (recipe.teacher_samples,), generator=gen)
+        noise, x0 = train.teacher_pairs(base, en_emb, en_pool, teacher_caps, recipe.teacher_steps,
+                                        recipe.teacher_guidance, seed=seed + 31)
+        student = copy.deepcopy(unet)
+        train.train_denoiser(student, x0, lambda idx, g: teacher_caps[idx], en_emb, en_pool,
+                             recipe.distill_steps, batch=recipe.batch, lr=5e-4, seed=seed + 32,
+                             cfg_dropout=0.0, noise=noise, timesteps=FEWSTEP_TIMESTEPS, desc="distill")
+        fewstep = models.assemble_pipeline(vae, *te_en, tok_en, student, timestep_spacing="trailing")
+        _save_pipeline(fewstep, tmp / "fewstep")
+        lap("fewstep", t0)
+
+        # --- scorer
+        t0 = time.time()
+        clip_model = models.build_open_clip(sizes, seed + 40)
+        clip_tok = open_clip.tokenizer.SimpleTokenizer(context_length=models.CONTEXT_LENGTH)
+        train.train_open_clip(clip_model, clip_tok, recipe.clip_steps, seed=seed + 40)
+        test_images, test_labels = data.make_images(360, seed=seed + 999)
+        checks["clip_caption_accuracy"] = round(train.clip_accuracy(clip_model, clip_tok, test_images, test_labels), 3)
+        _save_open_clip(clip_model, sizes, tmp / "clip")
+        lap("clip", t0)
+
+        # --- checks: does each model draw what it is asked, in its intended regime?
+        t0 = time.time()
+        en = data.english_prompts((0,))
+        ja = data.japanese_prompts(data.JA_HELDOUT_TEMPLATES)
+        acc = lambda pipe, prompts, steps, g: round(_generated_accuracy(pipe, prompts, clip_model, clip_tok, steps, g, seed + 7), 3)  # noqa: E731
+        checks["base_en_25steps_cfg5_accuracy"] = acc(base, en, 25, 5.0)
+        checks["base_en_4steps_accuracy"] = acc(_trailing(base), en, 4, 0.0)
+        checks["fewstep_en_4steps_accuracy"] = acc(fewstep, en, 4, 0.0)
+        checks["japanese_ja_25steps_cfg5_accuracy"] = acc(japanese, ja, 25, 5.0)
+        checks["japanese_ja_4steps_accuracy"] = acc(_trailing(japanese), ja, 4, 0.0)
+        lap("checks", t0)
+
+        (tmp / "prompts.json").write_text(json.dumps(data.prompt_sets(), indent=1, ensure_ascii=False))
+        shutil.rmtree(tmp / "tok_en")
+        shutil.rmtree(tmp / "tok_ja")
+        manifest = {
+            "seed": seed,
+            "small": small,
+            "threads": threads,
+            "recipe": asdict(recipe),
+            "sizes": asdict(sizes),
+            "params": {"unet": sum(p.numel() for p in unet.parameters()),
+                       "vae": sum(p.numel() for p in vae.parameters()),
+                       "open_clip": sum(p.numel() for p in clip_model.parameters())},
+            "checks": checks,
+            "seconds": {**timings, "total": round(time.time() - started, 1)},
+            "sha256": {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()},
+        }
+        (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _trailing(pipe):
+    """The same pipeline with a trailing-timestep Euler scheduler (the few-step sampler)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline(**{**pipe.components, "scheduler": models.scheduler("trailing")})
+
+
+def verify(out_dir: str | Path) -> list[str]:
+    """Files whose sha256 no longer matches the manifest (empty when the zoo is intact)."""
+    out_dir = Path(out_dir)
+    manifest = json.loads((out_dir / "MANIFEST.json").read_text())
+    return [name for name, digest in manifest["sha256"].items()
+            if not (out_dir / name).is_file() or sha256(out_dir / name) != digest]

@@ -1,0 +1,96 @@
+"""The toy SDXL zoo builder (small mode): loadable pipelines, tokenizers, scorer, reproducibility."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from evomm.zoo_sdxl import data
+from evomm.zoo_sdxl.build import build_zoo, verify
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sdxl") / "zoo"
+    manifest = build_zoo(out, seed=3, small=True)
+    return out, manifest
+
+
+def test_layout_and_hashes(zoo):
+    out, manifest = zoo
+    for name in ("base", "japanese", "fewstep"):
+        assert (out / name / "model_index.json").is_file()
+        assert (out / name / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (out / "clip" / "open_clip_model.safetensors").is_file()
+    assert verify(out) == []
+    weights = out / "fewstep" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    assert verify(out) == ["fewstep/unet/diffusion_pytorch_model.safetensors"]
+
+
+def test_pipelines_load_offline_and_draw(zoo):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    out, _ = zoo
+    pipe = StableDiffusionXLPipeline.from_pretrained(out / "fewstep", dtype=torch.float32, local_files_only=True)
+    assert isinstance(pipe.scheduler, EulerDiscreteScheduler)
+    assert pipe.scheduler.config.timestep_spacing == "trailing"
+    assert pipe.unet.config.addition_embed_type == "text_time"
+    images = pipe(["a red circle", "a blue square"], num_inference_steps=4, guidance_scale=0.0,
+                  output_type="pt").images
+    assert images.shape == (2, 3, 32, 32)
+    assert torch.isfinite(images).all()
+
+
+def test_japanese_tokenizer_splits_morphemes(zoo):
+    from transformers import CLIPTokenizer
+
+    out, _ = zoo
+    tok = CLIPTokenizer.from_pretrained(out / "japanese" / "tokenizer")
+    ids = tok("暗い背景に黄色い三角").input_ids
+    assert [tok.decode([i]) for i in ids[1:-1]] == ["暗い", "背景", "に", "黄色い", "三角"]
+    # pooling reads the end token: the text encoder config must agree with the tokenizer
+    config = json.loads((out / "japanese" / "text_encoder_2" / "config.json").read_text())
+    assert config["eos_token_id"] == tok.eos_token_id == ids[-1]
+    en = CLIPTokenizer.from_pretrained(out / "base" / "tokenizer")
+    assert len(en("a purple triangle").input_ids) == 5  # bos + 3 whole words + eos
+
+
+def test_open_clip_scorer_loads_from_local_dir(zoo):
+    import open_clip
+
+    out, _ = zoo
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out / 'clip'}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{out / 'clip'}")
+    text = model.encode_text(tokenizer(["a red circle"]))
+    image = model.encode_image(torch.zeros(1, 3, 32, 32))
+    assert text.shape == image.shape
+
+
+def test_prompt_sets(zoo):
+    out, _ = zoo
+    sets = json.loads((out / "prompts.json").read_text(encoding="utf-8"))["splits"]
+    assert len(sets["fitness"]) == len(sets["heldout"]) == data.NUM_CLASSES * 2 * 5
+    fit_texts = {p["text"] for p in sets["fitness"]}
+    assert not fit_texts & {p["text"] for p in sets["heldout"]}  # held-out phrasings are unseen by fitness
+    assert all(p["gloss"] == data.english_caption(p["label"]) for p in sets["heldout"])
+
+
+def test_build_is_reproducible(zoo, tmp_path):
+    out, manifest = zoo
+    again = build_zoo(tmp_path / "zoo", seed=3, small=True)
+    weights = {k: v for k, v in manifest["sha256"].items() if k.endswith(".safetensors")}
+    assert weights and weights == {k: v for k, v in again["sha256"].items() if k.endswith(".safetensors")}
+
+
+def test_render_draws_the_named_colour():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for label in range(data.NUM_CLASSES):
+        img = data.render(label, rng)
+        ci, _ = data.class_names(label)
+        brightest = img.reshape(-1, 3)[img.reshape(-1, 3).sum(1).argmax()]
+        assert np.abs(brightest - np.array(data.COLOURS[ci][1])).max() < 0.1
