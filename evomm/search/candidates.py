@@ -79,3 +79,75 @@ def _task(plan, name: str):
         if task.name == name:
             return task
     raise KeyError(name)
+
+
+def model_targets(model: torch.nn.Module, checkpoint_names: list[str]) -> dict[str, torch.Tensor]:
+    """`model`'s tensors keyed by the checkpoint's names (on-disk and in-memory layouts differ,
+    e.g. LLaVA in transformers 5): both sides are mapped to adapter slots and matched."""
+    from evomm.adapters import adapter_for_names
+    from evomm.merge.candidate import in_place_params
+
+    live = in_place_params(model)
+    disk = adapter_for_names(checkpoint_names, label="checkpoint")
+    mem = adapter_for_names(list(live), label="model")
+    out = {}
+    for name in checkpoint_names:
+        mem_name = name if name in live else mem.name_of(disk.slot_of(name))
+        if mem_name is None or mem_name not in live:
+            raise ConfigError(f"the model has no tensor for checkpoint tensor {name!r}")
+        out[name] = live[mem_name]
+    return out
+
+
+class CandidateModel:
+    """One model in memory that takes on each candidate, for fitness functions that run it.
+
+    PS recipes: the primary checkpoint of the plan (the VLM for LLaVA x LLM merges) is loaded
+    once and every candidate's merged weights are written into its parameters in place. DFS
+    specs: the sources are loaded once and a DFS model over them is re-routed per candidate
+    (a LLaVA embedding source stays a LLaVA with a DFS language model). `apply(spec)` returns
+    the model, ready for forward / generate.
+    """
+
+    def __init__(self, spec: Mapping[str, Any], device: str = "cpu") -> None:
+        self.kind = "dfs" if spec.get("type") == "dfs" else "ps"
+        self.device = device
+        if self.kind == "dfs":
+            from evomm.models.dfs import DFSForCausalLM, dfs_into_llava
+            from evomm.search.export import _is_llava, load_decoder_source
+
+            self._sources = [load_decoder_source(p) for p in spec["sources"]]
+            embed = int(spec.get("embed_source", 0))
+            self._dfs = DFSForCausalLM.from_sources(
+                self._sources, spec["path"], spec.get("scales"), embed_source=embed,
+                head_source=spec.get("head_source"), source_names=[str(s) for s in spec["sources"]])
+            host = self._sources[embed]
+            self.model = dfs_into_llava(host, self._dfs) if _is_llava(host) else self._dfs
+        else:
+            from evomm.search.export import load_decoder_source
+
+            from evomm.merge.plan import build_plan, open_models
+            from evomm.merge.recipe import Recipe
+
+            template = Recipe.from_dict(dict(spec), source="candidate recipe")
+            models = open_models(template)
+            try:
+                plan = build_plan(template, models)
+                primary_path, names = models[plan.primary].path, [t.name for t in plan.tasks]
+            finally:
+                for m in models.values():
+                    m.source.close()
+            self.model = load_decoder_source(primary_path).to(torch.float32)
+            self._ps = PSCandidates(spec, model_targets(self.model, names))
+        self.model.to(device).eval()
+
+    def apply(self, spec: Mapping[str, Any]) -> torch.nn.Module:
+        if (spec.get("type") == "dfs") != (self.kind == "dfs"):
+            raise ConfigError("a candidate of another kind (PS vs DFS) than the first one")
+        if self.kind == "dfs":
+            from evomm.models.dfs import apply_spec
+
+            apply_spec(self._dfs, dict(spec))
+        else:
+            self._ps.apply(spec)
+        return self.model

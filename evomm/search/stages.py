@@ -228,8 +228,12 @@ def _card(stage: StageConfig, result: SearchResult) -> dict[str, Any]:
 
 
 def run_all(config: EvolveConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
-            log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+            log: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
     """Run every stage in order; `stage:NAME` sources point at finished stages' models."""
+    if log is None:
+        from tqdm.auto import tqdm
+
+        log = tqdm.write  # lines above the progress bar instead of through it
     run_dir = Path(run_dir)
     sources = dict(config.sources)
     results: dict[str, dict[str, Any]] = {}

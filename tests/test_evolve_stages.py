@@ -1,0 +1,95 @@
+"""Multi-stage evolve configs: PS, then DFS over the PS result and a source (PS+DFS)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from evomm.cli import main
+from evomm.errors import ConfigError
+from evomm.search.config import parse_config
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    from evomm.testing.tiny import save, tiny_mistral
+
+    root = tmp_path_factory.mktemp("stages")
+    return {
+        "base": str(save(tiny_mistral(base_seed=0), root / "base")),
+        "a": str(save(tiny_mistral(seed=1, scale=0.02), root / "a")),
+        "b": str(save(tiny_mistral(seed=2, scale=0.02), root / "b")),
+    }
+
+
+def _config(zoo) -> dict:
+    return {
+        "seed": 0,
+        "sources": zoo,
+        "optimizer": {"name": "cmaes", "popsize": 4, "generations": 2},
+        "stages": [
+            {"name": "ps",
+             "space": {"type": "ps", "method": "task_arithmetic", "base_model": "base", "models": ["a", "b"],
+                       "layers_per_group": 2},
+             "fitness": {"metric": "synthetic_logits", "options": {"target": "a"}}},
+            {"name": "ps_dfs",
+             "space": {"type": "dfs", "models": ["stage:ps", "a"], "repeats": 1, "max_length": 6},
+             "fitness": {"metric": "synthetic_logits", "options": {"target": "a"}}},
+        ],
+    }
+
+
+def test_ps_then_dfs_over_the_ps_result(zoo, tmp_path):
+    from evomm.models.dfs import DFSForCausalLM
+    from evomm.search.synthetic import SyntheticLogitsEvaluator
+
+    config_path = tmp_path / "stages.yml"
+    config_path.write_text(yaml.safe_dump(_config(zoo)))
+    run_dir = tmp_path / "run"
+    assert main(["evolve", str(config_path), "--out", str(run_dir), "--no-progress"]) == 0
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert list(summary) == ["ps", "ps_dfs"]
+    for stage in ("ps", "ps_dfs"):
+        for name in ("evaluations.jsonl", "best_recipe.yml", "fitness.png", "genome.png", "result.json",
+                     "model/config.json", "model/README.md"):
+            assert (run_dir / stage / name).exists(), f"{stage}/{name}"
+    dfs_spec = yaml.safe_load((run_dir / "ps_dfs" / "best_recipe.yml").read_text())
+    assert dfs_spec["type"] == "dfs"
+    assert dfs_spec["sources"] == [str(run_dir / "ps" / "model"), zoo["a"]]  # stage:ps resolved
+
+    # the saved DFS model is the searched candidate: same fitness when loaded from disk
+    saved = DFSForCausalLM.from_pretrained(run_dir / "ps_dfs" / "model").eval()
+    assert saved.config.num_hidden_layers == len(dfs_spec["path"])
+    evaluator = SyntheticLogitsEvaluator(zoo["a"])
+    with torch.no_grad():
+        logits = saved(input_ids=evaluator._ids).logits
+    distance = float(torch.sqrt(torch.mean((logits - evaluator._want) ** 2)))
+    assert -distance == pytest.approx(summary["ps_dfs"]["best_fitness"], abs=1e-5)
+
+    # resuming a finished multi-stage run skips both stages and changes nothing
+    before = (run_dir / "ps_dfs" / "evaluations.jsonl").read_text()
+    assert main(["evolve", str(config_path), "--out", str(run_dir), "--no-progress", "--resume"]) == 0
+    assert (run_dir / "ps_dfs" / "evaluations.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: c["stages"][1]["space"].update(models=["stage:nope", "a"]), "'stage:nope' names no earlier stage"),
+    (lambda c: c["stages"][0]["space"].update(models=["a", "zzz"]), "model 'zzz' is not one of sources"),
+    (lambda c: c["stages"][0]["space"].update(method="average"), "stages.0.space.ps.method"),
+    (lambda c: c["optimizer"].pop("generations"), "set generations or max_evaluations"),
+    (lambda c: c["optimizer"].update(popsize=1), "popsize"),
+    (lambda c: c.update(backend={"type": "spark"}), "backend.type"),
+    (lambda c: c.update(space=c["stages"][0]["space"]), "not both"),
+    (lambda c: c["stages"][0].update(fitnes={}), "stages.0.fitnes: Extra inputs are not permitted"),
+])
+def test_config_errors_are_one_clear_line(zoo, mutate, message):
+    config = _config(zoo)
+    mutate(config)
+    with pytest.raises(ConfigError) as info:
+        parse_config(config, where="evolve.yml")
+    text = str(info.value)
+    assert message in text and "\n" not in text and text.startswith("evolve.yml: ")
