@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from evomm.errors import DFSError
-from evomm.models.dfs import DFSForCausalLM, DFSModel, apply_spec, dfs_into_llava, save_dfs
+from evomm.models.dfs import DFSForCausalLM, DFSModel, apply_spec, dfs_into_llava, save_dfs, scales_from_w
 from evomm.search.dfs_space import DFSSpace, build_space
 from evomm.search.space import SearchSpace
 from evomm.testing.tiny import tiny_llava, tiny_mistral
@@ -66,6 +66,16 @@ def test_scale_multiplies_hidden_state_entering_position(sources, ids):
     got = logits(dfs, ids)
     assert torch.allclose(got, expected, atol=1e-5, rtol=0)
     assert not torch.allclose(got, logits(a, ids), atol=1e-3)
+
+
+def test_scales_from_w_matrix():
+    w = torch.arange(64, dtype=torch.float64).reshape(8, 8) / 64 + 0.5  # M = 8 layers of 2 sources
+    path = [[0, 0], [0, 1], [1, 1], [0, 3]]
+    assert scales_from_w(path, w, [4, 4]) == pytest.approx([1.0] + [w[i, j].item() for i, j in [(0, 1), (1, 5), (5, 3)]])
+    per_source = [[1.0, 0.5], [2.0, 1.0]]
+    assert scales_from_w(path, per_source, [4, 4]) == pytest.approx([1.0, 1.0, 0.5, 2.0])
+    with pytest.raises(DFSError, match="W must be"):
+        scales_from_w(path, torch.ones(3, 3), [4, 4])
 
 
 def test_deep_path_generates_same_with_and_without_cache(sources, ids):
@@ -312,6 +322,21 @@ def test_source_pair_scaling_shares_one_scale_per_crossing():
     spec = space.decode(x)
     assert spec["path"] == [[0, 0], [1, 0], [1, 1], [0, 0], [0, 1]]
     assert spec["scales"] == pytest.approx([1.0, 2**0.5, 1.0, 0.5, 1.0])
+
+
+def test_space_reads_layer_counts_from_checkpoints(tmp_path):
+    from evomm.testing.tiny import save
+
+    llm = save(tiny_mistral(num_layers=3), tmp_path / "llm")
+    vlm = save(tiny_llava(num_layers=4), tmp_path / "vlm")  # layers counted in its text_config
+    space = build_space([str(vlm), llm], repeats=2, max_length=10, scaling="source_pair")
+    assert space.num_layers == [4, 3]
+    assert space.sources == [str(vlm), str(llm)]
+    assert space.decode(space.initial())["path"] == [[0, l] for l in range(4)]
+    from evomm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="config.json"):
+        build_space([tmp_path / "missing"])
 
 
 def test_bad_space_options_raise():

@@ -167,6 +167,28 @@ def check_scales(scales: Sequence[float] | None, length: int) -> list[float]:
     return scales
 
 
+def scales_from_w(path: Sequence[Sequence[int]], w: Any, num_layers: Sequence[int]) -> list[float]:
+    """Per-position input scales from a scaling matrix W, as the paper writes it.
+
+    `w` is either M×M over all layers of the sources in concatenation order (M = sum of
+    `num_layers`; W[i][j] scales the hidden state passed from layer i to layer j) or S×S over
+    the sources (W[a][b] scales every hop from a layer of source a to one of source b). The
+    first position takes the embeddings unscaled.
+    """
+    path = check_path(path, num_layers)
+    w = torch.as_tensor(w, dtype=torch.float64)
+    offsets = [sum(num_layers[:s]) for s in range(len(num_layers))]
+    total = sum(num_layers)
+    if tuple(w.shape) == (total, total):
+        index = [offsets[s] + l for s, l in path]
+    elif tuple(w.shape) == (len(num_layers), len(num_layers)):
+        index = [s for s, _ in path]
+    else:
+        raise DFSError(f"W must be {total}x{total} (layer pairs) or {len(num_layers)}x{len(num_layers)} "
+                       f"(source pairs), got {tuple(w.shape)}")
+    return check_scales([1.0] + [float(w[i, j]) for i, j in zip(index, index[1:])], len(path))
+
+
 class _PositionCache:
     """A view of a KV cache that files a layer's keys/values under its *path position*.
 
