@@ -19,6 +19,7 @@ from PIL import Image
 
 from evomm.demo.config import ModelRef
 from evomm.errors import CheckpointError
+from evomm.models.vlm import CHAT, _resolve_template
 
 logger = logging.getLogger(__name__)
 
@@ -57,39 +58,47 @@ def sees_images(path: Path) -> bool:
 class ChatModel:
     """One model of the comparison: a LLaVA-style VLM or a text-only causal LM."""
 
-    def __init__(self, ref: ModelRef, device: str = "cpu"):
-        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+    def __init__(self, ref: ModelRef, device: str = "cpu", template: str | None = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from evomm.models.vlm import VLMGenerator
 
         self.ref = ref
         self.device = device
-        model_type = _model_type(ref.path)
-        self.sees_images = model_type in VLM_MODEL_TYPES
-        common = dict(local_files_only=True, trust_remote_code=False)
+        self.sees_images = sees_images(ref.path)
         if self.sees_images:
-            self.processor = AutoProcessor.from_pretrained(ref.path, **common)
+            # the same loader and prompt templates as evaluation, so answers match the scores
+            self._vlm = VLMGenerator.from_pretrained(ref.path, template=template, device=device)
+            self.model, self.processor = self._vlm.model, self._vlm.processor
             self.tokenizer = self.processor.tokenizer
-            self.model = AutoModelForImageTextToText.from_pretrained(ref.path, use_safetensors=True, **common)
         else:
+            common = dict(local_files_only=True, trust_remote_code=False)
+            self._vlm = None
             self.processor = None
+            self.template = _resolve_template(template, None) if template else None
             self.tokenizer = AutoTokenizer.from_pretrained(ref.path, **common)
-            self.model = AutoModelForCausalLM.from_pretrained(ref.path, use_safetensors=True, **common)
-        self.model.to(device).eval()
+            self.model = AutoModelForCausalLM.from_pretrained(
+                ref.path, use_safetensors=True, dtype=torch.float32, **common
+            )
+            self.model.to(device).eval()
         self._lock = threading.Lock()  # one generation per model at a time
 
     def prompt(self, question: str) -> str:
-        """The model's input text: its chat template when it has one, else a plain layout."""
-        template_owner = self.processor if self.processor is not None else self.tokenizer
-        if getattr(template_owner, "chat_template", None):
-            content: object = question
-            if self.sees_images:
-                content = [{"type": "image"}, {"type": "text", "text": question}]
-            return template_owner.apply_chat_template(
-                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-            )
-        if self.sees_images:
-            image_token = getattr(self.processor, "image_token", "<image>")
-            return f"{image_token}\n{question}\n"
-        return f"{question}\n"
+        """The model's input text, built like evaluation builds it (`evomm.models.vlm`)."""
+        if self._vlm is not None:
+            return self._vlm.build_prompt(question)
+        # a text-only parent: the same template, without the image placeholder
+        if self.template not in (None, CHAT):
+            return self.template.format(input=question)
+        if getattr(self.tokenizer, "chat_template", None):
+            for content in ([{"type": "text", "text": question}], question):
+                try:
+                    return self.tokenizer.apply_chat_template(
+                        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+                    )
+                except Exception:  # templates differ in the content shape they accept
+                    continue
+        return question
 
     def _inputs(self, image: Image.Image | None, question: str) -> dict:
         text = self.prompt(question)
@@ -99,7 +108,10 @@ class ChatModel:
             inputs = self.processor(images=image, text=text, return_tensors="pt")
         else:
             inputs = self.tokenizer(text, return_tensors="pt")
-        return {k: v.to(self.device) for k, v in inputs.items()}
+        dtype = next(self.model.parameters()).dtype
+        return {
+            k: v.to(self.device, dtype) if torch.is_floating_point(v) else v.to(self.device) for k, v in inputs.items()
+        }
 
     def stream(self, image: Image.Image | None, question: str, settings: GenerationSettings) -> Iterator[str]:
         """Yield the answer so far, growing token by token."""
@@ -149,8 +161,9 @@ class ChatModel:
 class ModelCache:
     """Loads each model once (models are shared by all visitors; loading is slow)."""
 
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", template: str | None = None):
         self.device = device
+        self.template = template
         self._models: dict[Path, ChatModel] = {}
         self._lock = threading.Lock()
 
@@ -158,7 +171,7 @@ class ModelCache:
         with self._lock:
             if ref.path not in self._models:
                 logger.info("loading %s from %s", ref.name, ref.path)
-                self._models[ref.path] = ChatModel(ref, self.device)
+                self._models[ref.path] = ChatModel(ref, self.device, self.template)
             return self._models[ref.path]
 
 

@@ -26,6 +26,7 @@ ENV_RUNS_ROOT = "EVOMM_DEMO_RUNS_ROOT"
 ENV_EXAMPLES = "EVOMM_DEMO_EXAMPLES"
 ENV_THREADS = "EVOMM_DEMO_THREADS"
 ENV_DEVICE = "EVOMM_DEMO_DEVICE"
+ENV_TEMPLATE = "EVOMM_DEMO_TEMPLATE"
 
 #: Toy defaults, relative to the repository (first existing candidate wins).
 DEFAULT_MERGED = ("assets/zoo/evovlm_jp", "assets/zoo/merged_vlm")
@@ -53,6 +54,7 @@ class DemoConfig(BaseModel):
     runs_root: Path | None = None
     examples_dir: Path | None = None
     limits: DemoLimits = Field(default_factory=DemoLimits)
+    template: str | None = None  # prompt template name of evomm.models.vlm (None: chat template)
     threads: int = Field(1, gt=0)
     device: str = "cpu"
 
@@ -96,6 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sdxl-parents", help=f"parent SDXL pipeline dirs (env {ENV_SDXL_PARENTS})")
     parser.add_argument("--runs-root", help=f"directory holding evolution runs (env {ENV_RUNS_ROOT})")
     parser.add_argument("--examples", help=f"directory of example images (env {ENV_EXAMPLES})")
+    parser.add_argument("--template", help=f"prompt template: chat, a name from evomm.models.vlm, or a string "
+                        f"with {{input}} (env {ENV_TEMPLATE}; default: the model's chat template)")
     parser.add_argument("--threads", type=int, help=f"torch threads (env {ENV_THREADS}, default 1)")
     parser.add_argument("--device", help=f"torch device, e.g. cpu or cuda (env {ENV_DEVICE}, default cpu)")
     parser.add_argument("--max-new-tokens", type=int, help="longest generated answer")
@@ -174,6 +178,7 @@ def config_from(args: argparse.Namespace | None = None, env: dict[str, str] | No
         runs_root=runs_root.resolve() if runs_root.is_dir() else None,
         examples_dir=examples_dir.resolve() if examples_dir else None,
         limits=limits,
+        template=pick("template", ENV_TEMPLATE),
         threads=threads,
         device=device,
     )

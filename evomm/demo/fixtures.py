@@ -156,3 +156,25 @@ def fabricate_run(run_dir: str | Path, seed: int = 0, generations: int = 8, pops
     lines += [f"| {n} | {s['rougeL']:.1f} | {s['keyword_acc']:.1f} |" for n, s in results["models"].items()]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return run_dir
+
+
+def tiny_sdxl_pipelines(out: str | Path, names: tuple[str, ...] = ("merged", "japanese")) -> dict[str, Path]:
+    """Untrained toy-zoo-shaped SDXL pipelines (Japanese tokenizer) saved under `out`."""
+    from evomm.zoo_sdxl import data, models
+
+    out = Path(out)
+    corpus = [data.japanese_caption(label, t) for label in range(data.NUM_CLASSES) for t in range(len(data.JA_TEMPLATES))]
+    tokenizer_dir = out / "_tokenizer"
+    models.build_tokenizer(corpus, data.JA_MORPHEMES).save_pretrained(tokenizer_dir)
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    paths = {}
+    for seed, name in enumerate(names):
+        te1, te2 = models.build_text_encoders(tokenizer, models.SMALL, seed)
+        pipe = models.assemble_pipeline(
+            models.build_vae(models.SMALL, seed), te1, te2, tokenizer, models.build_unet(models.SMALL, seed), "trailing"
+        )
+        pipe.save_pretrained(out / name, safe_serialization=True)
+        paths[name] = out / name
+    return paths

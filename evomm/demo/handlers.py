@@ -54,7 +54,7 @@ class DemoHandlers:
     upload_roots: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.chat_models = ModelCache(self.config.device)
+        self.chat_models = ModelCache(self.config.device, self.config.template)
         self.image_models = ImageModelCache(self.config.device)
         self._download_dir = Path(tempfile.mkdtemp(prefix="evomm-demo-"))
         if self.config.examples_dir is not None:

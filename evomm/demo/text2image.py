@@ -23,17 +23,16 @@ DISPLAY_MIN_SIDE = 256
 
 
 class ImageModel:
-    """One SDXL pipeline, loaded from safetensors only."""
+    """One SDXL pipeline (a diffusers folder, loaded by `evomm.models.sdxl`)."""
 
     def __init__(self, ref: ModelRef, device: str = "cpu"):
-        from diffusers import StableDiffusionXLPipeline
+        from evomm.models.sdxl import SamplerSettings, load_pipeline, make_scheduler
 
         self.ref = ref
         self.device = device
-        self.pipe = StableDiffusionXLPipeline.from_pretrained(
-            ref.path, use_safetensors=True, local_files_only=True, torch_dtype=torch.float32
-        ).to(device)
-        self.pipe.set_progress_bar_config(disable=True)
+        self.pipe = load_pipeline(ref.path, dtype=torch.float32, device=device)
+        # every model samples the same way evaluation does: Euler with trailing timesteps
+        self.pipe.scheduler = make_scheduler(self.pipe, SamplerSettings())
         self._lock = threading.Lock()
 
     def generate(self, prompt: str, steps: int, seed: int, guidance: float) -> Image.Image:

@@ -1,0 +1,108 @@
+"""Drive the demo in a real browser: start the server, launch Debian's Chromium headless.
+
+Shared by the end-to-end test (tests/test_demo_browser.py) and the screenshot script
+(demos/screenshots.py). Playwright drives the system Chromium installed by
+`scripts/install_browser.sh`; it never downloads a browser.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from evomm.demo.config import REPO_ROOT
+
+CHROMIUM = Path(os.environ.get("EVOMM_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+class BrowserMissing(RuntimeError):
+    pass
+
+
+def require_chromium() -> Path:
+    if not CHROMIUM.exists():
+        raise BrowserMissing(
+            f"Chromium not found at {CHROMIUM}: run `bash scripts/install_browser.sh` "
+            "(apt-get install chromium) before the browser test"
+        )
+    return CHROMIUM
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def demo_server(args: list[str], env: dict[str, str] | None = None, timeout_s: float = 180.0,
+                log_path: Path | None = None) -> Iterator[str]:
+    """Run `python demos/app.py ARGS` on a free localhost port; yield its URL; stop it after."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    environment = {**os.environ, "EVOMM_DEMO_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    environment.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    log = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "demos" / "app.py"), "--host", "127.0.0.1", "--port", str(port), *args],
+        env=environment,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO_ROOT,
+    )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"demo server exited with code {process.returncode} (log: {log_path})")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"demo server did not answer at {url} within {timeout_s:.0f} s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if log_path:
+            log.close()
+
+
+@contextmanager
+def chromium_page(width: int = 1400, height: int = 1000):
+    """A Playwright page in headless system Chromium."""
+    from playwright.sync_api import sync_playwright
+
+    executable = require_chromium()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(executable), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height}, locale="ja-JP")
+            yield page
+        finally:
+            browser.close()

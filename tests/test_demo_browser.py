@@ -1,0 +1,118 @@
+"""End to end in a real browser: the demo answers in Japanese, shows a run, draws an image.
+
+Playwright drives Debian's Chromium headless (installed by scripts/install_browser.sh; this
+test fails, rather than skips, when it is missing) against `python demos/app.py` started on
+a free localhost port. Models: the shipped toy zoo when it is complete, else tiny stand-ins
+(`evomm.demo.fixtures`) whose vocabulary is Japanese.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from evomm.demo import browser
+from evomm.demo.config import config_from
+from evomm.demo.fixtures import example_image, fabricate_run, tiny_sdxl_pipelines, tiny_vlm_pair
+from evomm.metrics.language import ScriptLanguageDetector
+
+QUESTION = "この図形は何色ですか？"
+ANSWER_TIMEOUT_MS = 180_000
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    try:
+        browser.require_chromium()
+    except browser.BrowserMissing as err:
+        pytest.fail(str(err), pytrace=False)
+    root = tmp_path_factory.mktemp("demo_browser")
+    shipped = config_from(None, env={})
+    args: list[str] = []
+    if shipped.merged is None or len(shipped.parents) < 2:
+        models = tiny_vlm_pair(root / "models")
+        args += ["--merged", f"merged={models['merged']}",
+                 "--parents", f"english_vlm={models['english_vlm']},japanese_lm={models['japanese_lm']}"]
+    if not shipped.has_sdxl:
+        sdxl = tiny_sdxl_pipelines(root / "sdxl")
+        args += ["--sdxl", f"merged={sdxl['merged']}", "--sdxl-parents", f"japanese={sdxl['japanese']}"]
+    fabricate_run(root / "runs" / "toy_seed0", seed=0, generations=4)
+    fabricate_run(root / "runs" / "toy_seed1", seed=1, generations=4)
+    args += ["--runs-root", str(root / "runs")]
+    image = example_image(root / "upload" / "circle.png", seed=1)
+    not_image = root / "upload" / "notes.png"
+    not_image.write_text("this is not an image")
+    log = root / "server.log"
+    with browser.demo_server(args, log_path=log) as url:
+        with browser.chromium_page() as page:
+            page.goto(url, wait_until="networkidle")
+            yield page, image, not_image, log
+
+
+def _wait_done(page) -> None:
+    page.wait_for_function(
+        "() => (document.querySelector('#vlm-status')?.innerText || '').startsWith('done')",
+        timeout=ANSWER_TIMEOUT_MS,
+    )
+
+
+def test_vlm_tab_answers_a_japanese_question_in_japanese(setup):
+    page, image, not_image, log = setup
+    page.get_by_role("tab", name=re.compile("VLM")).click()
+    page.locator("#vlm-image input[type=file]").set_input_files(str(image))
+    page.locator("#vlm-image img").first.wait_for(timeout=30_000)
+    page.locator("#vlm-question textarea").fill(QUESTION)
+    page.locator("#vlm-ask").click()
+    _wait_done(page)
+    merged = page.locator("#vlm-answer-merged textarea").input_value()
+    parents = [page.locator(f"#vlm-answer-parent-{i} textarea").input_value() for i in (1, 2)]
+    assert merged.strip(), f"empty answer; server log:\n{log.read_text()[-3000:]}"
+    assert ScriptLanguageDetector().is_japanese(merged), f"not Japanese: {merged!r}"
+    assert all(p.strip() for p in parents)
+
+
+def test_vlm_tab_refuses_a_non_image_with_a_message_and_keeps_serving(setup):
+    page, image, not_image, log = setup
+    page.get_by_role("tab", name=re.compile("VLM")).click()
+    page.locator("#vlm-image input[type=file]").set_input_files(str(not_image))
+    page.get_by_text(re.compile("not an image")).first.wait_for(timeout=30_000)
+    assert "Traceback" not in page.content()
+    # the page still works: a valid image and question get answered
+    page.locator("#vlm-image input[type=file]").set_input_files(str(image))
+    page.locator("#vlm-image img").first.wait_for(timeout=30_000)
+    page.locator("#vlm-question textarea").fill("形は何ですか？")
+    page.locator("#vlm-ask").click()
+    page.wait_for_function(
+        "() => (document.querySelector('#vlm-status')?.innerText || '').startsWith('generating')"
+        " || (document.querySelector('#vlm-status')?.innerText || '').startsWith('done')",
+        timeout=ANSWER_TIMEOUT_MS,
+    )
+    _wait_done(page)
+    assert page.locator("#vlm-answer-merged textarea").input_value().strip()
+
+
+def test_dashboard_shows_plots_table_and_recipe_of_a_run(setup):
+    page, *_ = setup
+    page.get_by_role("tab", name="Evolution dashboard").click()
+    fitness = page.locator("#run-fitness img").first
+    fitness.wait_for(timeout=30_000)
+    page.wait_for_function("() => document.querySelector('#run-fitness img')?.naturalWidth > 0", timeout=30_000)
+    assert page.locator("#run-genome img").first.is_visible()
+    table = page.locator("#run-table")
+    table.get_by_text("ps_dfs", exact=True).first.wait_for(timeout=30_000)
+    assert table.get_by_text("keyword_acc").first.is_visible()
+    assert "merge_method" in page.locator("#run-recipe").inner_text()
+    assert page.locator("#run-download").is_visible()
+    assert "dfs_path" in page.locator("#run-dfs").inner_text()
+
+
+def test_text_to_image_tab_generates_an_image(setup):
+    page, *_ = setup
+    page.get_by_role("tab", name=re.compile("Text-to-image")).click()
+    page.locator("#t2i-prompt textarea").fill("赤い四角")
+    page.locator("#t2i-generate").click()
+    page.wait_for_function(
+        "() => document.querySelector('#t2i-image-merged img')?.naturalWidth > 0", timeout=ANSWER_TIMEOUT_MS
+    )
+    assert page.locator("#t2i-image-merged img").first.is_visible()
