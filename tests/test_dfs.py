@@ -71,7 +71,8 @@ def test_scale_multiplies_hidden_state_entering_position(sources, ids):
 def test_scales_from_w_matrix():
     w = torch.arange(64, dtype=torch.float64).reshape(8, 8) / 64 + 0.5  # M = 8 layers of 2 sources
     path = [[0, 0], [0, 1], [1, 1], [0, 3]]
-    assert scales_from_w(path, w, [4, 4]) == pytest.approx([1.0] + [w[i, j].item() for i, j in [(0, 1), (1, 5), (5, 3)]])
+    hops = [(0, 1), (1, 5), (5, 3)]  # global indices: source 1's layer l is 4 + l
+    assert scales_from_w(path, w, [4, 4]) == pytest.approx([1.0] + [w[i, j].item() for i, j in hops])
     per_source = [[1.0, 0.5], [2.0, 1.0]]
     assert scales_from_w(path, per_source, [4, 4]) == pytest.approx([1.0, 1.0, 0.5, 2.0])
     with pytest.raises(DFSError, match="W must be"):

@@ -77,10 +77,7 @@ class DFSConfig(PreTrainedConfig):
 
     def attention_type(self, position: int) -> str:
         """Mask kind for a path position: the base's `layer_types`, else from `sliding_window`."""
-        layer_types = getattr(self, "layer_types", None)
-        if layer_types:
-            return layer_types[position]
-        return "sliding_attention" if getattr(self, "sliding_window", None) is not None else "full_attention"
+        return layer_attention_type(self, position)
 
 
 @dataclass
@@ -301,7 +298,7 @@ class DFSModel(DFSPreTrainedModel):
         config.dfs_path = path
         config.dfs_input_scales = scales
         if getattr(config, "layer_types", None) is not None:
-            config.layer_types = [_source_layer_type(self._source_configs[s], l) for s, l in path]
+            config.layer_types = [layer_attention_type(self._source_configs[s], l) for s, l in path]
 
     @property
     def path(self) -> list[list[int]]:
@@ -576,7 +573,8 @@ def _check_compatible(parts: list[_SourceParts]) -> None:
                                "its layers cannot be chained with source 0's")
 
 
-def _source_layer_type(config: PreTrainedConfig, layer: int) -> str:
+def layer_attention_type(config: PreTrainedConfig, layer: int) -> str:
+    """"full_attention" / "sliding_attention" for one layer of a decoder config."""
     layer_types = getattr(config, "layer_types", None)
     if layer_types:
         return layer_types[layer]
@@ -587,7 +585,7 @@ def _dfs_config(parts, path, scales, names, embed_source, head_source) -> DFSCon
     base = parts[embed_source].config
     fields = {k: v for k, v in base.to_dict().items() if k not in _STACK_KEYS}
     if getattr(base, "layer_types", None) is not None:
-        fields["layer_types"] = [_source_layer_type(parts[s].config, l) for s, l in path]
+        fields["layer_types"] = [layer_attention_type(parts[s].config, l) for s, l in path]
     return DFSConfig(
         **fields,
         num_hidden_layers=len(path),
