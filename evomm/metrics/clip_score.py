@@ -1,0 +1,143 @@
+"""Image-prompt agreement for generated images: CLIPScore with open_clip models.
+
+score = 100 * max(cos(image embedding, text embedding), 0), per pair, as torchmetrics
+defines CLIPScore. The model is any open_clip model: a built-in or registered config name
+plus a weights file (safetensors unless `allow_pickle=True`) or a pretrained tag, an
+`hf-hub:org/repo` id, or a `local-dir:` folder.
+
+Japanese prompts: the English CLIP text towers read Japanese poorly. Either use a
+multilingual text tower (e.g. `xlm-roberta-base-ViT-B-32` / `xlm-roberta-large-ViT-H-14`
+with their LAION weights) and score the Japanese prompt itself, or pass `glosses`, an
+English rendering of each prompt, which is scored instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from evomm.errors import EvommError, MetricError, PickleRefusedError
+
+logger = logging.getLogger(__name__)
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def _is_japanese(text: str) -> bool:
+    from evomm.metrics.language import script_counts
+
+    counts = script_counts(text)
+    return counts.kana + counts.kanji > 0
+
+
+class ClipScorer:
+    """A loaded open_clip model scoring (image, text) pairs in batches."""
+
+    def __init__(
+        self,
+        model_name: str,
+        pretrained: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        batch_size: int = 32,
+        precision: str = "fp32",
+        allow_pickle: bool = False,
+    ) -> None:
+        import open_clip
+
+        if pretrained is not None and Path(str(pretrained)).suffix in _PICKLE_SUFFIXES:
+            if not allow_pickle:
+                raise PickleRefusedError(
+                    f"{pretrained}: pickled weights; convert to safetensors or pass "
+                    "allow_pickle=True (loaded with torch.load(weights_only=True))"
+                )
+        if pretrained is not None and Path(str(pretrained)).suffix == ".safetensors":
+            if not Path(str(pretrained)).is_file():
+                raise EvommError(f"{pretrained}: CLIP weights file not found")
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name,
+                pretrained=str(pretrained) if pretrained is not None else None,
+                device=self.device,
+                precision=precision,
+                weights_only=True,
+            )
+        except RuntimeError as exc:
+            raise EvommError(f"cannot build open_clip model {model_name!r}: {exc}") from exc
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.multilingual = "roberta" in model_name.lower() or "mt5" in model_name.lower() \
+            or "multilingual" in model_name.lower()
+        self._warned = False
+
+    @torch.inference_mode()
+    def image_features(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """L2-normalised image embeddings, computed `batch_size` images at a time."""
+        feats = []
+        dtype = next(self.model.parameters()).dtype
+        for start in range(0, len(images), self.batch_size):
+            batch = torch.stack([self.preprocess(im.convert("RGB"))
+                                 for im in images[start:start + self.batch_size]])
+            out = self.model.encode_image(batch.to(self.device, dtype))
+            feats.append(torch.nn.functional.normalize(out.float(), dim=-1))
+        return torch.cat(feats)
+
+    @torch.inference_mode()
+    def text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        """L2-normalised text embeddings, in batches."""
+        feats = []
+        for start in range(0, len(texts), self.batch_size):
+            tokens = self.tokenizer(list(texts[start:start + self.batch_size]))
+            out = self.model.encode_text(tokens.to(self.device))
+            feats.append(torch.nn.functional.normalize(out.float(), dim=-1))
+        return torch.cat(feats)
+
+    def score(
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        glosses: Sequence[str] | None = None,
+    ) -> np.ndarray:
+        """Per-pair CLIPScore, 100 * max(cos, 0). `glosses` (English) replace the prompts."""
+        images, prompts = list(images), list(prompts)
+        if len(images) != len(prompts):
+            raise MetricError(f"{len(images)} images but {len(prompts)} prompts")
+        if not images:
+            raise MetricError("clip score: no pairs to score")
+        texts = prompts
+        if glosses is not None:
+            glosses = list(glosses)
+            if len(glosses) != len(prompts):
+                raise MetricError(f"{len(prompts)} prompts but {len(glosses)} glosses")
+            texts = glosses
+        elif not self.multilingual and not self._warned and any(map(_is_japanese, prompts)):
+            logger.warning("scoring Japanese prompts with an English CLIP text tower; use a "
+                           "multilingual model or pass English glosses")
+            self._warned = True
+        cos = (self.image_features(images) * self.text_features(texts)).sum(dim=-1)
+        return (100 * cos.clamp(min=0)).cpu().numpy().astype(np.float64)
+
+    def __call__(self, images, prompts, glosses=None) -> float:
+        """Mean CLIPScore over the pairs."""
+        return float(np.mean(self.score(images, prompts, glosses)))
+
+
+def clip_score(
+    images: Sequence[Image.Image],
+    prompts: Sequence[str],
+    model_name: str,
+    pretrained: str | Path | None = None,
+    glosses: Sequence[str] | None = None,
+    device: str = "cpu",
+    batch_size: int = 32,
+) -> float:
+    """One-off mean CLIPScore (builds the model; keep a `ClipScorer` for repeated use)."""
+    scorer = ClipScorer(model_name, pretrained=pretrained, device=device, batch_size=batch_size)
+    return scorer(images, prompts, glosses)
