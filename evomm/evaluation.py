@@ -158,6 +158,37 @@ def evaluate_generator(generator: Generator, dataset: VQADataset, **score_kwargs
     return BenchmarkResult(dataset.name, metrics, records)
 
 
+class VQAFitness:
+    """Fitness for the evolution loop: one ROUGE number for a candidate model.
+
+    Holds the question set, one MeCab scorer (references tokenized once for the whole
+    run), the language detector, and a generator whose processor and settings are reused;
+    `fitness(model)` answers every question with `model` (weights already set in memory)
+    and returns `metric` (default: strict ROUGE-L, so English answers earn nothing).
+    """
+
+    def __init__(self, dataset: VQADataset, generator, metric: str = "rougeL_ja") -> None:
+        from evomm.metrics.language import default_detector
+
+        valid = [*ROUGE_TYPES, *(f"{k}_ja" for k in ROUGE_TYPES)]
+        if metric not in valid:
+            raise ConfigError(f"fitness metric must be one of {valid}, got {metric!r}")
+        self.dataset = dataset
+        self.generator = generator
+        self.metric = metric
+        self.scorer = JapaneseRouge()
+        self.detector = default_detector()
+        self.last: BenchmarkResult | None = None
+
+    def __call__(self, model=None) -> float:
+        generator = self.generator if model is None else self.generator.with_model(model)
+        self.last = evaluate_generator(
+            generator, self.dataset, strict_japanese=self.metric.endswith("_ja"),
+            detector=self.detector, scorer=self.scorer,
+        )
+        return self.last.metrics[self.metric]
+
+
 # -- models ------------------------------------------------------------------------------------
 def _device(name: str) -> str:
     import torch

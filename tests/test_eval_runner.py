@@ -116,6 +116,25 @@ def test_oracle_and_english_generators_score_as_expected():
     assert english.metrics["rouge1_ja"] == 0.0  # ...but the answers are not Japanese
 
 
+def test_vqa_fitness_scores_in_memory_candidates():
+    from evomm.evaluation import VQAFitness
+    from evomm.models.vlm import VLMGenerator
+    from evomm.testing.tiny_processor import tiny_processor
+
+    dataset = load_jsonl(FIXTURES / "vqa_jsonl" / "data.jsonl")
+    generator = VLMGenerator(tiny_llava(seed=1, scale=0.05), tiny_processor(),
+                             generation={"max_new_tokens": 4})
+    fitness = VQAFitness(dataset, generator, metric="rougeL")
+    value = fitness(tiny_llava(seed=2, scale=0.05))
+    assert value == fitness.last.metrics["rougeL"]
+    predictions = [r["prediction"] for r in fitness.last.records]
+    assert predictions == generator.with_model(tiny_llava(seed=2, scale=0.05)).generate(
+        dataset.questions, dataset.images)
+    assert value == pytest.approx(rouge_ja(dataset.answers, predictions)["rougeL"])
+    with pytest.raises(ConfigError, match="fitness metric"):
+        VQAFitness(dataset, generator, metric="bleu")
+
+
 def test_score_answers_keys_and_bootstrap():
     metrics = score_answers(["白い犬", "赤"], ["白い猫", "赤"], bootstrap=50, seed=1)
     assert {"rouge1", "rougeL_ja", "rougeL_low", "rougeL_ja_high"} <= set(metrics)
