@@ -175,3 +175,27 @@ def test_pickle_source_with_opt_in(zoo, tmp_path):
     assert _run(tmp_path, recipe, "--allow-pickle") == 0
     merged, a, b = _weights(tmp_path / "out"), _weights(zoo["ft1"]), _weights(zoo["ft2"])
     torch.testing.assert_close(merged["lm_head.weight"], (a["lm_head.weight"] + b["lm_head.weight"]) / 2)
+
+
+def test_pipeline_examples_run(tmp_path, monkeypatch):
+    """The documented examples run on the checkpoints assets/make_merge_example.py builds."""
+    import importlib.util
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("make_merge_example", repo / "assets" / "make_merge_example.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.chdir(tmp_path)
+    assert module.main(["build/merge_example"]) == 0
+    examples = sorted((repo / "pipelines" / "examples").glob("*.yml"))
+    assert {p.stem for p in examples} >= {"llm_ties", "llava_x_llm", "sdxl_per_block"}
+    for example in examples:
+        assert main(["merge", str(example), f"out_{example.stem}", "--no-progress"]) == 0, example
+    from transformers import LlavaForConditionalGeneration
+
+    assert isinstance(LlavaForConditionalGeneration.from_pretrained("out_llava_x_llm"), LlavaForConditionalGeneration)
+    # the LLM example is a plain mergekit recipe
+    from mergekit.config import MergeConfiguration
+
+    MergeConfiguration.model_validate(yaml.safe_load((repo / "pipelines/examples/llm_ties.yml").read_text()))
