@@ -203,3 +203,22 @@ def test_reference_tokenized_once():
     scorer.score_pairs(refs, ["白い", "犬", "白い犬", "です", "白い"])
     assert calls.count("白い犬です") == 1
     assert calls.count("白い") == 1
+
+
+def test_random_japanese_pairs_match_published():
+    """Seeded random pairs (repeats, shuffles, long answers) beyond the hand-written ones."""
+    words = ("白い 犬 猫 が の に を は です ます 公園 ベンチ 座って いる 赤い 車 2つ ｶﾀｶﾅ "
+             "ＡＢＣ dog 🎂 。 、 ！ ー 東京 タワー").split()
+    rng = random.Random(1)
+    refs, preds = [], []
+    for _ in range(150):
+        ref = "".join(rng.choice(words) for _ in range(rng.randint(0, 12)))
+        pred = "".join(rng.choice(words) for _ in range(rng.randint(0, 60)))
+        if rng.random() < 0.3:
+            pred = ref + pred[:10]
+        refs.append(ref)
+        preds.append(pred)
+    expected = published_per_pair(refs, preds)
+    ours = JapaneseRouge().score_pairs(refs, preds)
+    for name in expected:
+        np.testing.assert_array_equal(ours[name], expected[name])
