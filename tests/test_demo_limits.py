@@ -123,13 +123,14 @@ def test_generation_settings_outside_bounds_are_refused():
 
 # --- paths and runs --------------------------------------------------------------------------
 
-@pytest.fixture
-def runs_root(tmp_path):
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("runs_root")
     root = tmp_path / "runs"
-    fabricate_run(root / "toy_a", seed=0, generations=3)
-    fabricate_run(root / "nested" / "toy_b", seed=1, generations=3)
+    fabricate_run(root / "toy_a", seed=0, generations=2, plots=False)
+    fabricate_run(root / "nested" / "toy_b", seed=1, generations=2)
     (root / "not_a_run").mkdir()
-    outside = fabricate_run(tmp_path / "secret_run", seed=2, generations=3)
+    outside = fabricate_run(tmp_path / "secret_run", seed=2, generations=2, plots=False)
     (root / "escape").symlink_to(outside, target_is_directory=True)
     return root
 
@@ -153,12 +154,22 @@ def test_a_directory_that_is_not_a_run_is_refused(runs_root):
 
 def test_a_run_shows_plots_recipe_table_and_dfs_path(runs_root):
     view = load_run(runs_root, "nested/toy_b")
-    assert view.fitness_plot.name == "fitness.png" and view.genome_plot.name == "genome.png"
-    assert "merge_method: task_arithmetic" in view.recipe_text
-    assert view.dfs_summary.startswith("`dfs_path`: ")
+    assert view.stages == ["ps", "dfs", "ps_dfs"] and view.stage == "ps_dfs"  # the last stage by default
+    assert view.fitness_plot == (runs_root / "nested/toy_b/ps_dfs/fitness.png").resolve()
+    assert view.genome_plot.name == "genome.png"
+    assert "type: dfs" in view.recipe_text
+    assert view.dfs_summary.startswith(f"{view.recipe_text.count('- - ')} layers: ")
     assert view.table_headers == ["model", "rougeL", "rougeL_strict", "keyword_acc"]
     assert [row[0] for row in view.table_rows][:2] == ["english_vlm", "japanese_lm"]
     assert view.notes == []
+    ps = load_run(runs_root, "nested/toy_b", "ps")
+    assert "merge_method: task_arithmetic" in ps.recipe_text and ps.dfs_summary == ""
+
+
+@pytest.mark.parametrize("stage", ["..", "../../secret_run", "/etc", "model"])
+def test_a_stage_must_be_one_of_the_runs_stages(runs_root, stage):
+    with pytest.raises(DemoPathError, match="is not a stage of run"):
+        load_run(runs_root, "toy_a", stage)
 
 
 def test_results_table_orders_known_models_first_and_skips_non_numbers():
@@ -173,8 +184,9 @@ def test_a_run_with_missing_files_says_what_is_missing(tmp_path):
     run.mkdir(parents=True)
     (run / "evaluations.jsonl").write_text(json.dumps({"generation": 0, "fitness": 1.0}) + "\n")
     view = load_run(tmp_path / "runs", "partial")
-    assert view.fitness_plot is None and view.table_rows == []
-    assert "This run has no fitness.png yet." in view.notes
+    assert view.stages == ["."] and view.fitness_plot is None and view.table_rows == []
+    assert "This stage has no fitness.png yet." in view.notes
+    assert "This run has no results.json (held-out evaluation) yet." in view.notes
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -275,6 +287,9 @@ def test_running_app_answers_with_messages_and_keeps_serving(tiny_setup, tmp_pat
             handle_file(str(root / "examples" / "circle.png")), "この図形は何色ですか？", *settings, api_name="/answer"
         )
         assert status.startswith("done") and merged and english and japanese
-        assert client.predict("toy", api_name="/open_run")[6].startswith("merge_method")
+        run_outputs = client.predict("toy", api_name="/open_run")
+        assert "type: dfs" in run_outputs[7]  # stage, notes, fitness, genome, dfs, table, grid, recipe
+        with pytest.raises(AppError, match="not a stage of run|not in the list of choices"):
+            client.predict("toy", "../..", api_name="/open_stage")
     finally:
         app.close()

@@ -61,6 +61,7 @@ class ChatModel:
     def __init__(self, ref: ModelRef, device: str = "cpu", template: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        import evomm.models.dfs  # noqa: F401  (registers the evomm_dfs architecture of saved DFS merges)
         from evomm.models.vlm import VLMGenerator
 
         self.ref = ref

@@ -91,55 +91,83 @@ def example_image(path: str | Path, seed: int = 0, size: int = 64) -> Path:
     return path
 
 
-def fabricate_run(run_dir: str | Path, seed: int = 0, generations: int = 8, popsize: int = 6,
-                  layers: int = 8) -> Path:
-    """Write a RUN_DIR with the files the dashboard reads, plots drawn by matplotlib."""
-    import matplotlib
+class _FakeDFSSpace:
+    """Just enough of a DFS search space for `evomm.search.plots.plot_genome`."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def __init__(self, spec: dict):
+        self.spec = spec
+
+    def decode(self, x):
+        return self.spec
+
+    def labels(self):
+        return [f"x{i}" for i in range(8)]
+
+
+class _FakePSSpace(_FakeDFSSpace):
+    """A PS space adds the per-layer table the heatmap shows."""
+
+    def __init__(self, spec: dict, rows: list[str], matrix: np.ndarray):
+        super().__init__(spec)
+        self.rows, self.matrix = rows, matrix
+
+    def layer_table(self, x):
+        return self.rows, self.matrix
+
+
+def fabricate_run(run_dir: str | Path, seed: int = 0, generations: int = 6, popsize: int = 4,
+                  layers: int = 4, plots: bool = True) -> Path:
+    """A finished multi-stage RUN_DIR (ps, dfs, ps_dfs) in the layout of `evomm evolve`.
+
+    The numbers are synthetic; the plots (skipped with `plots=False`, they take seconds) come
+    from the engine's own plotting code.
+    """
     import yaml
 
+    from evomm.search.plots import plot_fitness, plot_genome
+    from evomm.search.run import GenerationSummary
+
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    fitness = np.cumsum(rng.random((generations, popsize)) * 2, axis=0) + 20
-    with (run_dir / "evaluations.jsonl").open("w", encoding="utf-8") as handle:
-        for g in range(generations):
-            for i in range(popsize):
-                handle.write(json.dumps({"generation": g, "candidate": i, "fitness": float(fitness[g, i])}) + "\n")
+    sources = ["assets/zoo/english_vlm", "assets/zoo/japanese_lm"]
+    summary = {}
+    for stage_index, stage in enumerate(("ps", "dfs", "ps_dfs")):
+        out = run_dir / stage
+        out.mkdir(parents=True, exist_ok=True)
+        fitness = np.sort(rng.random((generations, popsize)), axis=0) * 20 + 20 + 5 * stage_index
+        history, best_so_far = [], -np.inf
+        with (out / "evaluations.jsonl").open("w", encoding="utf-8") as handle:
+            for g in range(generations):
+                for i in range(popsize):
+                    handle.write(json.dumps({"generation": g, "index": i, "fitness": float(fitness[g, i])}) + "\n")
+                best_so_far = max(best_so_far, float(fitness[g].max()))
+                history.append(GenerationSummary(g, float(fitness[g].max()), float(fitness[g].mean()), best_so_far,
+                                                 0, (g + 1) * popsize))
+        if stage == "ps":
+            weights = rng.random((2, layers)).round(3)
+            spec = {
+                "merge_method": "task_arithmetic",
+                "base_model": "assets/zoo/base",
+                "dtype": "float32",
+                "models": [{"model": src, "parameters": {"weight": w.tolist()}} for src, w in zip(sources, weights)],
+            }
+            space = _FakePSSpace(spec, [f"{Path(s).name}.weight" for s in sources], weights)
+        else:
+            stage_sources = [sources[0], sources[1]] if stage == "dfs" else [f"{run_dir}/ps/model", sources[1]]
+            path = [[int(i % 2), int(i // 2)] for i in range(2 * layers) if rng.random() > 0.3]
+            scales = [round(float(v), 2) for v in rng.uniform(0.6, 1.4, len(path))]
+            spec = {"type": "dfs", "sources": stage_sources, "path": path, "scales": scales}
+            space = _FakeDFSSpace(spec)
+        if plots:
+            plot_fitness(history, out / "fitness.png", title=f"{stage}: fitness")
+            plot_genome(space, np.zeros(8), out / "genome.png", title=f"{stage}: best genome")
+        (out / "best_recipe.yml").write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+        result = {"stage": stage, "best_fitness": best_so_far, "evaluations": generations * popsize,
+                  "best_recipe": str(out / "best_recipe.yml"), "model": None}
+        (out / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+        summary[stage] = result
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(fitness.max(axis=1), label="best")
-    ax.plot(fitness.mean(axis=1), label="mean")
-    ax.set_xlabel("generation")
-    ax.set_ylabel("fitness (ROUGE-L)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "fitness.png", dpi=80)
-    plt.close(fig)
-
-    weights = rng.random((2, layers))
-    fig, ax = plt.subplots(figsize=(6, 2.5))
-    image = ax.imshow(weights, aspect="auto", cmap="viridis")
-    ax.set_yticks([0, 1], ["english_vlm", "japanese_lm"])
-    ax.set_xlabel("layer")
-    fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    fig.savefig(run_dir / "genome.png", dpi=80)
-    plt.close(fig)
-
-    recipe = {
-        "merge_method": "task_arithmetic",
-        "base_model": "assets/zoo/base",
-        "dtype": "float32",
-        "models": [
-            {"model": "assets/zoo/english_vlm", "parameters": {"weight": [round(float(w), 3) for w in weights[0]]}},
-            {"model": "assets/zoo/japanese_lm", "parameters": {"weight": [round(float(w), 3) for w in weights[1]]}},
-        ],
-        "evomm": {"dfs_path": [int(i) for i in np.flatnonzero(rng.random(2 * layers) > 0.4)]},
-    }
-    (run_dir / "best_recipe.yml").write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
     names = ["english_vlm", "japanese_lm", "uniform_50", "best_uniform", "ps", "dfs", "ps_dfs"]
     results = {
         "models": {
@@ -152,8 +180,9 @@ def fabricate_run(run_dir: str | Path, seed: int = 0, generations: int = 8, pops
         }
     }
     (run_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
-    lines = ["# Toy run (fabricated for tests)", "", "| model | ROUGE-L | keyword acc |", "|---|---|---|"]
+    lines = ["# Toy run (synthetic numbers, for tests)", "", "| model | ROUGE-L | keyword acc |", "|---|---|---|"]
     lines += [f"| {n} | {s['rougeL']:.1f} | {s['keyword_acc']:.1f} |" for n, s in results["models"].items()]
+    lines += ["", "![fitness](ps/fitness.png)"]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return run_dir
 

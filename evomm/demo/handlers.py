@@ -134,19 +134,22 @@ class DemoHandlers:
         root = self.config.runs_root
         return list_runs(root) if root is not None else []
 
-    def open_run(self, name: object) -> RunView:
-        """The run `name` under the runs root (`DemoPathError` for anything else)."""
+    def open_run(self, name: object, stage: object = None) -> RunView:
+        """Run `name` (one of its stages; default the last) under the runs root, else `DemoPathError`."""
         if self.config.runs_root is None:
             raise DemoInputError("No runs root is configured (set EVOMM_DEMO_RUNS_ROOT).")
         if not isinstance(name, str):
             raise DemoPathError("Please choose a run.")
-        return load_run(self.config.runs_root, name)
+        if stage is not None and not isinstance(stage, str):
+            raise DemoPathError("Please choose a stage.")
+        return load_run(self.config.runs_root, name, stage)
 
     def recipe_download(self, view: RunView) -> Path | None:
         """A copy of the run's best recipe in a directory the web server may serve."""
         if view.recipe_path is None:
             return None
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in view.name)[:80] or "run"
+        label = f"{view.name}-{view.stage}" if view.stage != "." else view.name
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)[:80] or "run"
         target = self._download_dir / safe / "best_recipe.yml"
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".tmp")

@@ -14,13 +14,18 @@ from pathlib import Path
 
 from evomm.demo.paths import DemoPathError, file_within, resolve_within
 
-#: A directory is a run when it holds one of these.
-RUN_MARKERS = ("evaluations.jsonl", "results.json", "best_recipe.yml")
-#: Most files a dashboard reads from a run (bounded, since a root may be large).
+#: A directory is a run when it holds one of these (`summary.json`: a finished multi-stage
+#: run whose stages live in sub-directories; `result.json`: a finished stage).
+RUN_MARKERS = ("results.json", "summary.json", "result.json", "evaluations.jsonl", "best_recipe.yml")
+#: A stage directory (of a multi-stage run) holds one of these.
+STAGE_MARKERS = ("evaluations.jsonl", "result.json", "best_recipe.yml")
+#: Most bytes the dashboard reads from one text file (bounded, since a root may be large).
 MAX_TEXT_BYTES = 2 * 1024 * 1024
 #: Preferred row order of the results table (the names `evomm evolve` writes).
-MODEL_ORDER = ("english_vlm", "japanese_lm", "uniform_50", "best_uniform", "ps", "dfs", "ps_dfs")
-DFS_PLOT_NAMES = ("dfs_path.png", "dfs.png")
+MODEL_ORDER = (
+    "english_vlm", "japanese_lm", "uniform_50", "best_uniform", "ps", "dfs", "ps_dfs",
+    "japanese_parent", "fewstep_parent", "uniform", "evolved",
+)
 
 
 def _is_run(path: Path) -> bool:
@@ -63,9 +68,11 @@ class RunView:
 
     name: str
     path: Path
+    stages: list[str] = field(default_factory=list)
+    stage: str = "."
     fitness_plot: Path | None = None
     genome_plot: Path | None = None
-    dfs_plot: Path | None = None
+    grid_plot: Path | None = None
     recipe_path: Path | None = None
     recipe_text: str = ""
     dfs_summary: str = ""
@@ -109,54 +116,85 @@ def results_table(results: dict) -> tuple[list[str], list[list[object]]]:
 
 
 def dfs_summary(recipe: object) -> str:
-    """A one-paragraph description of a DFS path found in a recipe, if it has one.
-
-    Looks for a list of layer slots under a key containing "dfs" / "path" / "layers"; the
-    engine's exact recipe keys are free to change without breaking the dashboard.
-    """
-    found = _find_dfs(recipe)
-    if not found:
+    """A one-line description of a DFS path (`{"sources", "path": [[source, layer], ...], "scales"}`)."""
+    if not isinstance(recipe, dict):
         return ""
-    key, value = found
-    if isinstance(value, list):
-        shown = ", ".join(str(v) for v in value[:64])
-        more = f", … ({len(value)} in all)" if len(value) > 64 else ""
-        return f"`{key}`: {shown}{more}"
-    return f"`{key}`: {value}"
+    path, sources = recipe.get("path"), recipe.get("sources")
+    if not isinstance(path, list) or not isinstance(sources, list) or not path:
+        return ""
+    names = [Path(str(s)).name if Path(str(s)).name != "model" else "/".join(Path(str(s)).parts[-2:])
+             for s in sources]
+    scales = recipe.get("scales") if isinstance(recipe.get("scales"), list) else []
+    hops = []
+    for i, step in enumerate(path[:64]):
+        try:
+            source, layer = int(step[0]), int(step[1])
+        except (TypeError, ValueError, IndexError):
+            return ""
+        label = f"{names[source] if 0 <= source < len(names) else source}:{layer}"
+        if i < len(scales) and isinstance(scales[i], (int, float)) and abs(scales[i] - 1) > 1e-3:
+            label += f" (×{scales[i]:.2f})"
+        hops.append(label)
+    more = f" → … ({len(path)} layers in all)" if len(path) > 64 else ""
+    return f"{len(path)} layers: " + " → ".join(hops) + more
 
 
-def _find_dfs(node: object, depth: int = 0) -> tuple[str, object] | None:
-    if depth > 6:
-        return None
-    if isinstance(node, dict):
-        for key, value in node.items():
-            lowered = str(key).lower()
-            if ("dfs" in lowered or lowered in {"path", "layer_path", "layers_path"}) and isinstance(
-                value, (list, str)
-            ):
-                return str(key), value
-        for value in node.values():
-            hit = _find_dfs(value, depth + 1)
-            if hit:
-                return hit
-    elif isinstance(node, list):
-        for value in node:
-            hit = _find_dfs(value, depth + 1)
-            if hit:
-                return hit
-    return None
+def _stages(path: Path) -> list[str]:
+    """Stage names of a run: "." for the run directory itself, then its stage sub-directories."""
+    stages = ["."] if any((path / m).is_file() for m in STAGE_MARKERS) else []
+    order: list[str] = []
+    summary = file_within(path, "summary.json")
+    if summary is not None:
+        try:
+            order = [str(k) for k in json.loads(_read_text(summary))]
+        except (json.JSONDecodeError, TypeError):
+            order = []
+    found = sorted(
+        (child for child in path.iterdir()
+         if child.is_dir() and child.resolve().is_relative_to(path) and not child.name.startswith(".")
+         and any((child / m).is_file() for m in STAGE_MARKERS)),
+        key=lambda child: (order.index(child.name) if child.name in order else len(order), child.stat().st_mtime),
+    )
+    return stages + [child.name for child in found]
 
 
-def load_run(root: str | Path, name: str) -> RunView:
-    """The dashboard view of run `name` under `root`; `DemoPathError` if it is not a run there."""
+def stage_table(path: Path, stages: list[str]) -> tuple[list[str], list[list[object]]]:
+    """Best fitness per stage (from each stage's `result.json`) when a run has no results.json."""
+    rows = []
+    for stage in stages:
+        result = file_within(path / stage, "result.json")
+        if result is None:
+            continue
+        try:
+            data = json.loads(_read_text(result))
+        except json.JSONDecodeError:
+            continue
+        best = data.get("best_fitness")
+        rows.append([path.name if stage == "." else stage, round(float(best), 4) if isinstance(best, (int, float)) else None,
+                     data.get("evaluations")])
+    return (["stage", "best_fitness", "evaluations"], rows) if rows else ([], [])
+
+
+def load_run(root: str | Path, name: str, stage: str | None = None) -> RunView:
+    """The dashboard view of run `name` under `root` (and one of its stages; default: the last).
+
+    `DemoPathError` if `name` is not a run inside `root`, or `stage` is not one of its stages.
+    """
     path = resolve_within(root, name)
     if not path.is_dir() or not _is_run(path):
         raise DemoPathError(f"'{name}' is not a run under the configured runs root.")
-    view = RunView(name=name, path=path)
-    view.fitness_plot = file_within(path, "fitness.png")
-    view.genome_plot = file_within(path, "genome.png")
-    view.dfs_plot = next((p for n in DFS_PLOT_NAMES if (p := file_within(path, n))), None)
-    view.recipe_path = file_within(path, "best_recipe.yml")
+    stages = _stages(path)
+    if stage in (None, "") and stages:
+        stage = stages[-1]
+    if stages and stage not in stages:
+        raise DemoPathError(f"'{stage}' is not a stage of run '{name}'.")
+    stage = stage or "."
+    stage_path = path / stage  # inside `path`: `stage` is one of the names found there
+    view = RunView(name=name, path=path, stages=stages, stage=stage)
+    view.fitness_plot = file_within(stage_path, "fitness.png")
+    view.genome_plot = file_within(stage_path, "genome.png")
+    view.grid_plot = file_within(stage_path, "grid.png") or file_within(path, "grid.png")
+    view.recipe_path = file_within(stage_path, "best_recipe.yml")
     view.recipe_text = _read_text(view.recipe_path)
     if view.recipe_text:
         try:
@@ -171,13 +209,16 @@ def load_run(root: str | Path, name: str) -> RunView:
             view.table_headers, view.table_rows = results_table(json.loads(_read_text(results_path)))
         except json.JSONDecodeError:
             view.notes.append("results.json is not valid JSON.")
+    if not view.table_rows:
+        view.table_headers, view.table_rows = stage_table(path, stages)
     view.report_md = _read_text(file_within(path, "report.md"))
     for label, value in (
         ("fitness.png", view.fitness_plot),
         ("genome.png", view.genome_plot),
         ("best_recipe.yml", view.recipe_path),
-        ("results.json", results_path),
     ):
         if value is None:
-            view.notes.append(f"This run has no {label} yet.")
+            view.notes.append(f"This stage has no {label} yet.")
+    if results_path is None:
+        view.notes.append("This run has no results.json (held-out evaluation) yet.")
     return view

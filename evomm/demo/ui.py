@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import re
 import tempfile
 from pathlib import Path
 
@@ -222,53 +223,81 @@ def _t2i_tab(config: DemoConfig, handlers: DemoHandlers) -> None:
         )
 
 
+def _stage_label(stage: str) -> str:
+    return "(whole run)" if stage == "." else stage
+
+
 def _dashboard_tab(config: DemoConfig, handlers: DemoHandlers, app: gr.Blocks) -> None:
     runs = handlers.runs()
     if config.runs_root is None:
         gr.Markdown(f"**No runs root is configured.** Start the app with `--runs-root DIR` or set `{ENV_RUNS_ROOT}`.")
     else:
-        gr.Markdown(f"Runs found under the configured runs root: **{len(runs)}**.")
+        gr.Markdown(f"Runs found under the configured runs root: **{len(runs)}**. A run is chosen from this "
+                    "list only; paths cannot be typed.")
     with gr.Row():
-        choice = gr.Dropdown(choices=runs, value=runs[0] if runs else None, label="Run", scale=4,
+        choice = gr.Dropdown(choices=runs, value=runs[0] if runs else None, label="Run", scale=3,
                              elem_id="run-select")
+        stage = gr.Dropdown(choices=[], value=None, label="Stage", scale=2, elem_id="run-stage")
         refresh = gr.Button("Refresh list", scale=1, elem_id="run-refresh")
     notes = gr.Markdown(elem_id="run-notes")
     with gr.Row():
-        fitness = gr.Image(label="Fitness per generation", interactive=False, elem_id="run-fitness")
-        genome = gr.Image(label="Best genome (per-layer parameters)", interactive=False, elem_id="run-genome")
+        fitness = gr.Image(label="Fitness per generation", interactive=False, elem_id="run-fitness", height=320)
+        genome = gr.Image(label="Best genome: per-layer parameters (PS) or layer path (DFS)", interactive=False,
+                          elem_id="run-genome", height=320)
+    dfs_text = gr.Markdown(elem_id="run-dfs")
     with gr.Row():
         with gr.Column():
-            dfs_plot = gr.Image(label="DFS path", interactive=False, visible=False, elem_id="run-dfs-plot")
-            dfs_text = gr.Markdown(elem_id="run-dfs")
-            table = gr.Dataframe(label="Held-out results (results.json)", interactive=False, elem_id="run-table")
+            table = gr.Dataframe(label="Results (results.json)", interactive=False, elem_id="run-table")
+            grid = gr.Image(label="Image grid", interactive=False, visible=False, elem_id="run-grid")
         with gr.Column():
-            recipe = gr.Code(language="yaml", label="best_recipe.yml", interactive=False, elem_id="run-recipe")
+            recipe = gr.Code(language="yaml", label="best_recipe.yml", interactive=False, elem_id="run-recipe",
+                             max_lines=24)
             download = gr.DownloadButton("Download best_recipe.yml", elem_id="run-download", visible=False)
-    report = gr.Markdown(elem_id="run-report")
+    with gr.Accordion("report.md", open=True):
+        report = gr.Markdown(elem_id="run-report")
 
-    def show(name):
-        if not name:
-            return (gr.skip(),) * 9
-        view = handlers.open_run(name)
+    def render(view):
         recipe_file = handlers.recipe_download(view)
-        dfs_line = f"**DFS path** — {view.dfs_summary}" if view.dfs_summary else ""
         table_value = {"headers": view.table_headers, "data": view.table_rows} if view.table_rows else None
         return (
             "\n".join(f"- {n}" for n in view.notes),
             _load_plot(view.fitness_plot),
             _load_plot(view.genome_plot),
-            gr.update(value=_load_plot(view.dfs_plot), visible=view.dfs_plot is not None),
-            dfs_line,
+            f"**DFS path** — {view.dfs_summary}" if view.dfs_summary else "",
             table_value,
+            gr.update(value=_load_plot(view.grid_plot), visible=view.grid_plot is not None),
             view.recipe_text,
             gr.update(value=str(recipe_file) if recipe_file else None, visible=recipe_file is not None),
-            view.report_md,
+            strip_images(view.report_md),
         )
 
-    outputs = [notes, fitness, genome, dfs_plot, dfs_text, table, recipe, download, report]
-    choice.change(_as_messages(show), inputs=[choice], outputs=outputs, concurrency_limit=4, api_name="open_run")
-    app.load(_as_messages(show), inputs=[choice], outputs=outputs, concurrency_limit=4, api_visibility="private")
+    shown = [notes, fitness, genome, dfs_text, table, grid, recipe, download, report]
+
+    def show_run(name):
+        if not name:
+            return (gr.skip(),) * (len(shown) + 1)
+        view = handlers.open_run(name)
+        stages = gr.update(choices=[(_stage_label(s), s) for s in view.stages], value=view.stage,
+                           visible=len(view.stages) > 1)
+        return (stages, *render(view))
+
+    def show_stage(name, stage_name):
+        if not name or not stage_name:
+            return (gr.skip(),) * len(shown)
+        return render(handlers.open_run(name, stage_name))
+
+    choice.change(_as_messages(show_run), inputs=[choice], outputs=[stage, *shown], concurrency_limit=4,
+                  api_name="open_run")
+    stage.input(_as_messages(show_stage), inputs=[choice, stage], outputs=shown, concurrency_limit=4,
+                api_name="open_stage")
+    app.load(_as_messages(show_run), inputs=[choice], outputs=[stage, *shown], concurrency_limit=4,
+             api_visibility="private")
     refresh.click(
         _as_messages(lambda: gr.update(choices=handlers.runs())), outputs=[choice], concurrency_limit=4,
         api_visibility="private",
     )
+
+
+def strip_images(markdown: str) -> str:
+    """Image links of report.md point into the run dir, which the app does not serve."""
+    return re.sub(r"!\[([^\]]*)\]\([^)]*\)", r"*(figure: \1 — see the plots above)*", markdown)
