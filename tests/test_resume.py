@@ -66,27 +66,23 @@ def _evaluations(run_dir: Path) -> list[tuple]:
 
 
 def test_sigkill_mid_generation_then_resume_matches_uninterrupted_run(tmp_path):
-    # ~0.15 s per candidate, 6 per generation: kills land inside generations, not between them
+    # ~0.15 s per candidate, 6 per generation: the kill lands inside generation 1, after the
+    # first checkpoint (killing before any checkpoint is covered in-process below)
     config_path = _config(tmp_path, sleep=0.15)
-
     alone = tmp_path / "alone"  # the uninterrupted run, in this process (saves a start-up)
     assert main(["evolve", str(config_path), "--out", str(alone), "--no-progress"]) == 0
 
     killed = tmp_path / "killed"
     evals = killed / "evaluations.jsonl"
-    kills = 0
-    # kill after 3 evaluations (inside generation 0, before any checkpoint), then after 16
-    # (inside generation 2), resuming each time
-    for threshold in (3, 16):
-        proc = _evolve(config_path, killed, *(["--resume"] if kills else []))
-        deadline = time.time() + 60
-        while _lines(evals) < threshold and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        assert proc.poll() is None, proc.communicate()[0]
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        kills += 1
-        assert not (killed / "result.json").exists()
+    proc = _evolve(config_path, killed)
+    deadline = time.time() + 60
+    while _lines(evals) < 9 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.communicate()[0]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (killed / "checkpoint.pkl").exists() and not (killed / "result.json").exists()
+    assert 6 < _lines(evals) < 30
     proc = _evolve(config_path, killed, "--resume")
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
@@ -94,6 +90,53 @@ def test_sigkill_mid_generation_then_resume_matches_uninterrupted_run(tmp_path):
     assert _outcome(killed) == _outcome(alone)
     assert _evaluations(killed) == _evaluations(alone)
     assert len(_evaluations(alone)) == 5 * 6
+
+
+class _Crash(BaseException):
+    """Stands in for SIGKILL in-process: not an Exception, so no failure handler catches it."""
+
+
+def test_a_crash_after_any_evaluation_resumes_to_the_same_run(tmp_path):
+    """Crash after every possible number of evaluations (in gen 0 before any checkpoint,
+    mid-generation, right after a generation's last candidate, ...), resume, and compare."""
+    from evomm.search.backends import InProcessBackend
+    from evomm.search.optimizer import CMAESOptimizer
+    from evomm.search.ps_space import PSSpace
+    from evomm.search.run import SearchRun
+    from search_fitness import QuadraticEvaluator
+
+    space = PSSpace("task_arithmetic", ["a", "b"], num_layers=4, base_model="base", layers_per_group=2)
+
+    class Crashing(QuadraticEvaluator):
+        def __init__(self, crash_at):
+            super().__init__({"fail": "raise"})
+            self.crash_at, self.calls = crash_at, 0
+
+        def evaluate(self, spec):
+            self.calls += 1
+            if self.calls == self.crash_at:
+                raise _Crash()
+            return super().evaluate(spec)
+
+    def search(run_dir, crash_at=None, resume=False):
+        return SearchRun(
+            space,
+            lambda: CMAESOptimizer(space.initial(), space.lower, space.upper, sigma0=0.3, popsize=5, seed=7),
+            InProcessBackend(lambda: Crashing(crash_at)),
+            run_dir, generations=4, progress=False,
+        ).run(resume=resume)
+
+    reference = search(tmp_path / "alone")
+    total = 4 * 5
+    for crash_at in range(1, total + 1):
+        run_dir = tmp_path / f"crash{crash_at}"
+        with pytest.raises(_Crash):
+            search(run_dir, crash_at=crash_at)
+        resumed = search(run_dir, resume=True)
+        assert resumed.best_genome.tolist() == reference.best_genome.tolist(), crash_at
+        assert resumed.best_fitness == reference.best_fitness
+        assert resumed.history == reference.history
+        assert _evaluations(run_dir) == _evaluations(tmp_path / "alone")
 
 
 def test_resume_refuses_a_different_config(tmp_path, capsys):

@@ -138,7 +138,15 @@ class CandidateModel:
                 for m in models.values():
                     m.source.close()
             self.model = load_decoder_source(primary_path).to(torch.float32)
-            self._ps = PSCandidates(spec, model_targets(self.model, names))
+            live = model_targets(self.model, names)
+            if torch.device(device).type == "cpu":
+                self._ps, self._device_targets = PSCandidates(spec, live), None
+            else:
+                # merge on the CPU into shadow tensors, then copy the merged ones to the device
+                shadow = {name: t.detach().clone() for name, t in live.items()}
+                self._ps = PSCandidates(spec, shadow)
+                self.model.to(device)
+                self._device_targets = model_targets(self.model, names)
         self.model.to(device).eval()
 
     def apply(self, spec: Mapping[str, Any]) -> torch.nn.Module:
@@ -150,4 +158,8 @@ class CandidateModel:
             apply_spec(self._dfs, dict(spec))
         else:
             self._ps.apply(spec)
+            if self._device_targets is not None:
+                with torch.no_grad():
+                    for name in self._ps.merged_names:
+                        self._device_targets[name].copy_(self._ps.target[name], non_blocking=True)
         return self.model
