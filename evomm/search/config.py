@@ -126,6 +126,8 @@ class EvolveConfig(_Strict):
     stages: list[StageConfig] = Field(default_factory=list)
     # pipeline-specific sections (e.g. a held-out evaluation) that other tools read
     extras: dict[str, Any] = Field(default_factory=dict)
+    # set by `load_config`: the config file's folder (relative paths in it are relative to it)
+    config_dir: str | None = None
 
     @model_validator(mode="after")
     def _normalise_stages(self) -> "EvolveConfig":
@@ -176,10 +178,15 @@ def load_config(path: str | Path) -> EvolveConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     config = parse_config(raw, where=str(path))
+    config.config_dir = str(path.parent.resolve())
     config.sources = {
         name: str((path.parent / src).resolve()) if _is_relative_path(src, path.parent) else src
         for name, src in config.sources.items()
     }
+    for stage in config.stages:  # a dataset next to the config is found from any working directory
+        if stage.fitness and stage.fitness.dataset and _is_relative_path(stage.fitness.dataset, path.parent):
+            stage.fitness = stage.fitness.model_copy(
+                update={"dataset": str((path.parent / stage.fitness.dataset).resolve())})
     return config
 
 

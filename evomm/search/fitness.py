@@ -43,6 +43,8 @@ class FitnessContext:
     num_threads: int = 1
     seed: int = 0
     stage: str = "search"
+    run_dir: str | None = None  # the stage's output folder (a fitness may keep artefacts there)
+    config_dir: str | None = None  # folder of the config file (for paths relative to it)
 
 
 def register_fitness(name: str) -> Callable[[FitnessFactory], FitnessFactory]:

@@ -92,7 +92,9 @@ def build_space(space_cfg: PSSpaceConfig | DFSSpaceConfig, sources: dict[str, st
     return dfs_space.build_space(models=models, **options)
 
 
-def _fitness_context(config: EvolveConfig, stage: StageConfig, sources: dict[str, str]) -> FitnessContext:
+def fitness_context(config: EvolveConfig, stage: StageConfig, sources: dict[str, str],
+                    run_dir: Path | None = None) -> FitnessContext:
+    """The plain-data context a stage's fitness factory gets (model names resolved to paths)."""
     fit = stage.fitness
     assert fit is not None
     space = stage.space.model_dump()
@@ -113,7 +115,12 @@ def _fitness_context(config: EvolveConfig, stage: StageConfig, sources: dict[str
         num_threads=config.num_threads,
         seed=config.seed,
         stage=stage.name,
+        run_dir=str(run_dir) if run_dir is not None else None,
+        config_dir=config.config_dir,
     )
+
+
+_fitness_context = fitness_context  # the name other modules first imported
 
 
 def run_stage(
@@ -133,7 +140,7 @@ def run_stage(
         log(f"[{stage.name}] already complete, skipping")
         return json.loads(done.read_text())
     space = build_space(stage.space, sources, config.seed)
-    ctx = _fitness_context(config, stage, sources)
+    ctx = fitness_context(config, stage, sources, run_dir=out)
     opt_cfg = stage.optimizer
     assert opt_cfg is not None
     seed = config.seed if opt_cfg.seed is None else opt_cfg.seed
