@@ -1,0 +1,400 @@
+"""Fitness `sdxl_clip_score`: mean CLIP image-prompt score of a merged SDXL UNet's images.
+
+Each candidate's UNet is merged in memory into one `SDXLCandidatePipeline` (text encoders and
+tokenizers from the source named by `options.pipeline`, e.g. the Japanese model), draws one
+image per prompt on fixed noise and is scored by an open_clip model: 100 * max(cos, 0) between
+image and text, averaged over the prompt set. Japanese prompts can be scored through a paired
+English gloss (`gloss` in the prompt file) when the scorer reads English only.
+
+Config (`fitness:` of an evolve config):
+
+    fitness:
+      metric: sdxl_clip_score
+      dataset: prompts.json          # {"splits": {NAME: [{"text": ..., "gloss": ...}, ...]}}
+      split: fitness
+      n_samples: 180                 # first N prompts of the split (default: all)
+      generation: {steps: 4, guidance_scale: 0, scheduler: euler, timestep_spacing: trailing,
+                   batch_size: 60, seed: 0}
+      options:
+        pipeline: japanese           # source whose text encoders/tokenizers/VAE are used
+        clip_model: local-dir:clip   # open_clip name, or local-dir:PATH (relative: to the dataset)
+        dtype: float32               # pipeline weights and compute (float16 on GPUs)
+        clip_pretrained: null        # open_clip `pretrained` tag or weights file, if needed
+        score_text: gloss            # "gloss" or "text": which prompt field the scorer reads
+        images_dir: null             # where the best candidate's images are kept (default:
+                                     # RUN_DIR/images when the engine passes its run dir)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evomm.errors import ConfigError
+from evomm.search.fitness import FitnessContext, register_fitness
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    text: str  # what the generator reads
+    gloss: str  # what an English-only scorer reads (defaults to the text)
+
+
+def load_prompts(path: str | Path, split: str | None = None, n: int | None = None) -> list[PromptItem]:
+    """Prompts of `split` from a JSON file: {"splits": {NAME: [...]}} or a plain list.
+
+    Items are strings or {"text": ..., "gloss": ...} objects.
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"fitness.dataset: {path}: no such prompt file") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"fitness.dataset: {path}: not valid JSON ({exc.msg})") from None
+    if isinstance(raw, dict):
+        splits = raw.get("splits", raw)
+        if split is None:
+            raise ConfigError(f"fitness.split: {path} has splits {sorted(splits)}; name one")
+        if split not in splits:
+            raise ConfigError(f"fitness.split: {split!r} is not one of {sorted(splits)} in {path}")
+        raw = splits[split]
+    items = []
+    for entry in raw:
+        if isinstance(entry, str):
+            items.append(PromptItem(entry, entry))
+        else:
+            items.append(PromptItem(entry["text"], entry.get("gloss") or entry["text"]))
+    if n is not None:
+        items = items[:n]
+    if not items:
+        raise ConfigError(f"fitness.dataset: {path} gives no prompts for split {split!r}")
+    return items
+
+
+class ClipScorer:
+    """open_clip image-text score: 100 * max(cos, 0) per (image, text) pair.
+
+    Uses `evomm.metrics.clip_score` when present (one implementation for eval and search);
+    the local fallback computes the same formula.
+    """
+
+    def __init__(self, model_name: str, pretrained: str | None = None, device: str = "cpu"):
+        import open_clip
+
+        self.device = torch.device(device)
+        self.model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=pretrained, device=self.device)
+        self.model.eval()
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        # tensor-side preprocessing: resize to the model's input, then its normalisation
+        size = self.model.visual.image_size
+        self.size = size if isinstance(size, (tuple, list)) else (size, size)
+        norm = [t for t in preprocess.transforms if type(t).__name__ == "Normalize"][0]
+        self.mean = torch.tensor(norm.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(norm.std).view(1, 3, 1, 1)
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def _text_features(self, texts: list[str]) -> torch.Tensor:
+        todo = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if todo:
+            feats = self.model.encode_text(self.tokenizer(todo).to(self.device)).float()
+            for t, f in zip(todo, torch.nn.functional.normalize(feats, dim=-1)):
+                self._text_cache[t] = f
+        return torch.stack([self._text_cache[t] for t in texts])
+
+    @torch.no_grad()
+    def scores(self, images: torch.Tensor, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """(N,) scores for images (N, 3, H, W) in [0, 1] against their texts."""
+        import torch.nn.functional as F
+
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size].float()
+            if tuple(x.shape[-2:]) != tuple(self.size):
+                x = F.interpolate(x, size=self.size, mode="bicubic", align_corners=False).clamp(0, 1)
+            x = ((x - self.mean) / self.std).to(self.device)
+            img = F.normalize(self.model.encode_image(x).float(), dim=-1)
+            txt = self._text_features(texts[start:start + batch_size])
+            out.append(100.0 * (img * txt).sum(-1).clamp(min=0).cpu())
+        return torch.cat(out)
+
+
+def resolve_clip_name(name: str, base: Path | None) -> str:
+    """`local-dir:REL` is taken relative to `base` (the prompt file's folder) when it exists there."""
+    prefix = "local-dir:"
+    if name.startswith(prefix) and base is not None:
+        path = Path(name[len(prefix):])
+        if not path.is_absolute() and (base / path).is_dir():
+            return prefix + str((base / path).resolve())
+    return name
+
+
+class SDXLClipFitness:
+    """Evaluator: recipe spec -> mean CLIP score of the merged UNet's images on the prompt set."""
+
+    def __init__(self, candidate, scorer: ClipScorer, prompts: list[PromptItem], score_text: str = "gloss",
+                 images_dir: str | Path | None = None, grid_columns: int = 18):
+        if score_text not in ("gloss", "text"):
+            raise ConfigError("fitness.options.score_text: must be 'gloss' or 'text'")
+        self.candidate = candidate
+        self.scorer = scorer
+        self.prompts = prompts
+        self.prepared = candidate.prepare([p.text for p in prompts])
+        self.score_texts = [p.gloss if score_text == "gloss" else p.text for p in prompts]
+        self.images_dir = Path(images_dir) if images_dir else None
+        self.grid_columns = grid_columns
+        self.best = float("-inf")
+        self.evaluations = 0
+        self.last_seconds: dict[str, float] = {}
+
+    def score_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.scorer.scores(images, self.score_texts)
+
+    def evaluate(self, spec: dict[str, Any]) -> float:
+        import time
+
+        t0 = time.perf_counter()
+        self.candidate.set_recipe(spec)
+        t1 = time.perf_counter()
+        images = self.candidate.generate(self.prepared)
+        t2 = time.perf_counter()
+        fitness = float(self.score_images(images).mean())
+        t3 = time.perf_counter()
+        self.last_seconds = {"merge": t1 - t0, "generate": t2 - t1, "score": t3 - t2}
+        self.evaluations += 1
+        if fitness > self.best:
+            self.best = fitness
+            self._keep(images, fitness)
+        return fitness
+
+    def _keep(self, images: torch.Tensor, fitness: float) -> None:
+        """Save the best-so-far candidate's images (a grid), so progress can be watched."""
+        if self.images_dir is None:
+            return
+        from evomm.models.sdxl import image_grid
+
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        cols = min(self.grid_columns, len(images))
+        rows = len(images) // cols
+        grid = image_grid(images[: rows * cols], rows, cols, scale=2)
+        name = f"best_eval{self.evaluations:05d}_fitness{fitness:.2f}.png"
+        grid.save(self.images_dir / name)
+        grid.save(self.images_dir / "best.png")
+
+
+def _dtype(opts: dict[str, Any]) -> torch.dtype:
+    name = opts.get("dtype", "float32")
+    if name not in ("float32", "float16", "bfloat16"):
+        raise ConfigError(f"fitness.options.dtype: {name!r} is not float32, float16 or bfloat16")
+    return getattr(torch, name)
+
+
+def _source_path(ctx: FitnessContext, ref: str) -> str:
+    if ref in ctx.sources:
+        return ctx.sources[ref]
+    if Path(ref).exists():
+        return ref
+    raise ConfigError(f"fitness.options.pipeline: {ref!r} is neither a source name ({sorted(ctx.sources)}) nor a path")
+
+
+@register_fitness("sdxl_clip_score")
+def sdxl_clip_score(ctx: FitnessContext) -> SDXLClipFitness:
+    from evomm.models.sdxl import SamplerSettings, SDXLCandidatePipeline
+
+    opts = dict(ctx.options)
+    known = {"pipeline", "clip_model", "clip_pretrained", "score_text", "images_dir", "config_dir", "dtype"}
+    unknown = set(opts) - known
+    if unknown:
+        raise ConfigError(f"fitness.options: unknown option(s) {sorted(unknown)} (known: {sorted(known)})")
+    if not ctx.dataset:
+        raise ConfigError("fitness.dataset: name the prompt file (JSON)")
+    if "pipeline" not in opts or "clip_model" not in opts:
+        raise ConfigError("fitness.options: set `pipeline` (the text-encoder source) and `clip_model`")
+    pipeline_path = _source_path(ctx, opts["pipeline"])
+    dataset = _dataset_path(ctx.dataset, pipeline_path)
+    prompts = load_prompts(dataset, ctx.split, ctx.n_samples)
+    sampler = SamplerSettings.from_dict(ctx.generation)
+    candidate = SDXLCandidatePipeline(pipeline_path, sampler, device=ctx.device, dtype=_dtype(opts),
+                                      config_dir=opts.get("config_dir"))
+    scorer = ClipScorer(resolve_clip_name(opts["clip_model"], dataset.parent),
+                        opts.get("clip_pretrained"), device=ctx.device)
+    images_dir = opts.get("images_dir") or (Path(ctx.run_dir) / "images" if getattr(ctx, "run_dir", None) else None)
+    return SDXLClipFitness(candidate, scorer, prompts, opts.get("score_text", "gloss"), images_dir)
+
+
+# ------------------------------------------------------------------------- held-out report
+
+
+def _dataset_path(dataset: str, pipeline_path: str) -> Path:
+    """The prompt file as given, else relative to the pipeline source's folder (the zoo)."""
+    path = Path(dataset)
+    if path.exists() or path.is_absolute():
+        return path
+    near = Path(pipeline_path).parent / path.name
+    return near if near.exists() else path
+
+
+def report_run(config_path: str | Path, run_dir: str | Path, split: str = "heldout", seed: int = 1000,
+               parents: dict[str, str] | None = None, grid_rows: int = 6, save_pipeline_dir: bool = True,
+               log=print) -> dict[str, Any]:
+    """Score parents, the uniform merge and the evolved merge on held-out prompts.
+
+    Writes RUN_DIR/results.json ({"models": {NAME: {"clip_score": x, ...}}}), RUN_DIR/grid.png
+    (prompts x models) and, unless told not to, the evolved pipeline to RUN_DIR/pipeline.
+    Parents are scored as their own pipelines (their own text encoders) on the same prompts and
+    noise; `fewstep_unet_ja_text` is the few-step UNet under the candidate's text encoders.
+    """
+    import yaml
+
+    from evomm.models.sdxl import SamplerSettings, SDXLCandidatePipeline
+    from evomm.search.config import load_config
+    from evomm.search.stages import _fitness_context, build_space
+
+    run_dir = Path(run_dir)
+    config = load_config(config_path)
+    stage = config.stages[0]
+    ctx = _fitness_context(config, stage, dict(config.sources))
+    report_cfg = dict(config.extras.get("report", {}))
+    split = report_cfg.get("split", split)
+    seed = int(report_cfg.get("seed", seed))
+    parents = parents or report_cfg.get("parents") or {}
+    opts = ctx.options
+    pipeline_path = _source_path(ctx, opts["pipeline"])
+    prompts = load_prompts(_dataset_path(ctx.dataset, pipeline_path), split)
+    sampler = SamplerSettings.from_dict({**ctx.generation, "seed": seed})
+    scorer = ClipScorer(resolve_clip_name(opts["clip_model"], _dataset_path(ctx.dataset, pipeline_path).parent),
+                        opts.get("clip_pretrained"), device=ctx.device)
+    texts = [p.gloss if opts.get("score_text", "gloss") == "gloss" else p.text for p in prompts]
+
+    space = build_space(stage.space, dict(config.sources), config.seed)
+    best_recipe = run_dir / "best_recipe.yml"
+    if not best_recipe.exists():
+        raise ConfigError(f"{run_dir}: no best_recipe.yml (has the evolve run finished?)")
+    specs = {"uniform": space.decode(space.initial()),
+             "evolved": yaml.safe_load(best_recipe.read_text(encoding="utf-8"))}
+    if stage.space.method == "slerp":
+        specs["fewstep_unet_ja_text"] = space.decode(space.encode({"t": 1.0}))
+
+    results: dict[str, dict[str, float]] = {}
+    images: dict[str, torch.Tensor] = {}
+
+    def record(name: str, imgs: torch.Tensor) -> None:
+        s = scorer.scores(imgs, texts)
+        results[name] = {"clip_score": float(s.mean()), "std_over_prompts": float(s.std()), "n_prompts": len(s)}
+        images[name] = imgs
+        log(f"[report] {name}: CLIP score {results[name]['clip_score']:.3f}")
+
+    for name, ref in parents.items():
+        parent = SDXLCandidatePipeline(_source_path(ctx, ref), sampler, device=ctx.device, dtype=_dtype(opts))
+        record(name, parent.generate(parent.prepare([p.text for p in prompts])))
+        parent.close()
+    candidate = SDXLCandidatePipeline(pipeline_path, sampler, device=ctx.device, dtype=_dtype(opts),
+                                      config_dir=opts.get("config_dir"))
+    prepared = candidate.prepare([p.text for p in prompts])
+    for name in ["uniform", "fewstep_unet_ja_text", "evolved"]:
+        if name in specs:
+            candidate.set_recipe(specs[name])
+            record(name, candidate.generate(prepared))
+    if save_pipeline_dir:
+        candidate.save(run_dir / "pipeline", overwrite=True)  # the evolved UNet is the last one set
+    candidate.close()
+
+    order = [n for n in [*parents, "uniform", "evolved"] if n in images]
+    _write_grid(run_dir / "grid.png", prompts, images, order, grid_rows)
+    out = {
+        "models": results,
+        "split": split,
+        "noise_seed": seed,
+        "sampler": sampler.__dict__,
+        "scorer": opts["clip_model"],
+        "scored_against": opts.get("score_text", "gloss"),
+        "grid": "grid.png",
+        "pipeline": "pipeline" if save_pipeline_dir else None,
+    }
+    from evomm.search.run import atomic_write_text
+
+    atomic_write_text(run_dir / "results.json", json.dumps(out, indent=1, ensure_ascii=False))
+    return out
+
+
+def _write_grid(path: Path, prompts: list[PromptItem], images: dict[str, torch.Tensor], order: list[str],
+                rows: int) -> None:
+    """Prompts (rows, labelled by their English gloss) x models (columns)."""
+    from PIL import Image, ImageDraw
+
+    from evomm.models.sdxl import image_grid
+
+    first: dict[str, int] = {}
+    for i, p in enumerate(prompts):
+        first.setdefault(p.gloss, i)
+    distinct = list(first.values())  # one prompt per distinct gloss, in file order
+    rows = min(rows, len(distinct))
+    step = len(distinct) // rows
+    # stagger within each stride so that (for colour x shape classes) colours and shapes both vary
+    picks = [distinct[k * step + (k % step)] for k in range(rows)]
+    tiles = torch.stack([images[name][i] for i in picks for name in order])
+    grid = image_grid(tiles, len(picks), len(order), scale=3, pad=4)
+    label_w, head_h = 170, 22
+    canvas = Image.new("RGB", (grid.width + label_w, grid.height + head_h), (255, 255, 255))
+    canvas.paste(grid, (label_w, head_h))
+    draw = ImageDraw.Draw(canvas)
+    cell_w = (grid.width - 4) / len(order)
+    cell_h = (grid.height - 4) / len(picks)
+    for c, name in enumerate(order):
+        draw.text((label_w + 4 + c * cell_w, 5), name, fill=(0, 0, 0))
+    for r, i in enumerate(picks):
+        draw.text((4, head_h + 4 + r * cell_h + cell_h / 2 - 6), prompts[i].gloss, fill=(0, 0, 0))
+    canvas.save(path)
+
+
+def summarise(run_dirs: list[str | Path]) -> dict[str, dict[str, float]]:
+    """Mean and sample standard deviation of each model's held-out score over several runs."""
+    import statistics
+
+    per_model: dict[str, list[float]] = {}
+    for run in run_dirs:
+        data = json.loads((Path(run) / "results.json").read_text(encoding="utf-8"))
+        for name, entry in data["models"].items():
+            per_model.setdefault(name, []).append(entry["clip_score"])
+    return {name: {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "runs": len(v),
+                   "values": v} for name, v in per_model.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m evomm.search.fitness_sdxl report CONFIG RUN_DIR` / `summarise RUN_DIR...`."""
+    import argparse
+    import sys
+
+    from evomm.errors import EvommError
+
+    parser = argparse.ArgumentParser(prog="python -m evomm.search.fitness_sdxl")
+    sub = parser.add_subparsers(dest="command", required=True)
+    rep = sub.add_parser("report", help="held-out scores of parents, uniform and evolved merges")
+    rep.add_argument("config")
+    rep.add_argument("run_dir")
+    rep.add_argument("--no-pipeline", action="store_true", help="do not write RUN_DIR/pipeline")
+    rep.add_argument("--threads", type=int, default=1)
+    summ = sub.add_parser("summarise", help="mean and spread over several runs' results.json")
+    summ.add_argument("run_dirs", nargs="+")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "report":
+            torch.set_num_threads(args.threads)
+            out = report_run(args.config, args.run_dir, save_pipeline_dir=not args.no_pipeline)
+            print(json.dumps(out["models"], indent=1))
+        else:
+            print(json.dumps(summarise(args.run_dirs), indent=1))
+    except EvommError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
