@@ -18,7 +18,6 @@ from evomm.demo.fixtures import example_image, fabricate_run, tiny_sdxl_pipeline
 from evomm.metrics.language import ScriptLanguageDetector
 
 QUESTION = "この図形は何色ですか？"
-ANSWER_TIMEOUT_MS = 180_000
 
 
 @pytest.fixture(scope="module")
@@ -50,69 +49,46 @@ def setup(tmp_path_factory):
             yield page, image, not_image, log
 
 
-def _wait_done(page) -> None:
-    page.wait_for_function(
-        "() => (document.querySelector('#vlm-status')?.innerText || '').startsWith('done')",
-        timeout=ANSWER_TIMEOUT_MS,
-    )
-
-
 def test_vlm_tab_answers_a_japanese_question_in_japanese(setup):
     page, image, not_image, log = setup
-    page.get_by_role("tab", name=re.compile("VLM")).click()
-    page.locator("#vlm-image input[type=file]").set_input_files(str(image))
-    page.locator("#vlm-image img").first.wait_for(timeout=30_000)
-    page.locator("#vlm-question textarea").fill(QUESTION)
-    page.locator("#vlm-ask").click()
-    _wait_done(page)
-    merged = page.locator("#vlm-answer-merged textarea").input_value()
-    parents = [page.locator(f"#vlm-answer-parent-{i} textarea").input_value() for i in (1, 2)]
+    answers = browser.ask_vlm(page, image, QUESTION)
+    merged = answers.pop("vlm-answer-merged")
     assert merged.strip(), f"empty answer; server log:\n{log.read_text()[-3000:]}"
     assert ScriptLanguageDetector().is_japanese(merged), f"not Japanese: {merged!r}"
-    assert all(p.strip() for p in parents)
+    assert len(answers) == 2 and all(a.strip() for a in answers.values())  # both parents, side by side
 
 
 def test_vlm_tab_refuses_a_non_image_with_a_message_and_keeps_serving(setup):
     page, image, not_image, log = setup
     page.get_by_role("tab", name=re.compile("VLM")).click()
     page.locator("#vlm-image input[type=file]").set_input_files(str(not_image))
-    page.get_by_text(re.compile("not an image")).first.wait_for(timeout=30_000)
+    page.get_by_text(re.compile("not an image this demo accepts")).first.wait_for(timeout=30_000)
     assert "Traceback" not in page.content()
     # the page still works: a valid image and question get answered
-    page.locator("#vlm-image input[type=file]").set_input_files(str(image))
-    page.locator("#vlm-image img").first.wait_for(timeout=30_000)
-    page.locator("#vlm-question textarea").fill("形は何ですか？")
-    page.locator("#vlm-ask").click()
-    page.wait_for_function(
-        "() => (document.querySelector('#vlm-status')?.innerText || '').startsWith('generating')"
-        " || (document.querySelector('#vlm-status')?.innerText || '').startsWith('done')",
-        timeout=ANSWER_TIMEOUT_MS,
-    )
-    _wait_done(page)
-    assert page.locator("#vlm-answer-merged textarea").input_value().strip()
+    answers = browser.ask_vlm(page, image, "形は何ですか？")
+    assert answers["vlm-answer-merged"].strip()
 
 
 def test_dashboard_shows_plots_table_and_recipe_of_a_run(setup):
     page, *_ = setup
-    page.get_by_role("tab", name="Evolution dashboard").click()
-    fitness = page.locator("#run-fitness img").first
-    fitness.wait_for(timeout=30_000)
-    page.wait_for_function("() => document.querySelector('#run-fitness img')?.naturalWidth > 0", timeout=30_000)
-    assert page.locator("#run-genome img").first.is_visible()
+    browser.open_dashboard(page)
+    page.wait_for_function("() => document.querySelector('#run-genome img')?.naturalWidth > 0", timeout=30_000)
     table = page.locator("#run-table")
     table.get_by_text("ps_dfs", exact=True).first.wait_for(timeout=30_000)
     assert table.get_by_text("keyword_acc").first.is_visible()
-    assert "merge_method" in page.locator("#run-recipe").inner_text()
+    assert "type: dfs" in page.locator("#run-recipe").inner_text()
     assert page.locator("#run-download").is_visible()
-    assert "dfs_path" in page.locator("#run-dfs").inner_text()
+    assert re.search(r"DFS path — \d+ layers: ", page.locator("#run-dfs").inner_text())
+    # another stage of the same run: the PS recipe replaces the DFS one
+    page.locator("#run-stage input").click()
+    page.get_by_role("option", name="ps", exact=True).click()
+    page.wait_for_function(
+        "() => (document.querySelector('#run-recipe')?.innerText || '').includes('merge_method')", timeout=30_000
+    )
 
 
 def test_text_to_image_tab_generates_an_image(setup):
     page, *_ = setup
-    page.get_by_role("tab", name=re.compile("Text-to-image")).click()
-    page.locator("#t2i-prompt textarea").fill("赤い四角")
-    page.locator("#t2i-generate").click()
-    page.wait_for_function(
-        "() => document.querySelector('#t2i-image-merged img')?.naturalWidth > 0", timeout=ANSWER_TIMEOUT_MS
-    )
-    assert page.locator("#t2i-image-merged img").first.is_visible()
+    browser.generate_images(page, "赤い四角")
+    size = page.evaluate("() => document.querySelector('#t2i-image-merged img').naturalWidth")
+    assert size >= 64

@@ -106,3 +106,51 @@ def chromium_page(width: int = 1400, height: int = 1000):
             yield page
         finally:
             browser.close()
+
+
+# --- steps a visitor takes (shared by the browser test and the screenshot script) -----------
+
+ANSWER_TIMEOUT_MS = 180_000
+
+
+def status_text(page) -> str:
+    return page.locator("#vlm-status").inner_text()
+
+
+def ask_vlm(page, image: Path, question: str, timeout_ms: int = ANSWER_TIMEOUT_MS) -> dict[str, str]:
+    """Upload `image`, ask `question`, wait until every model answered; the answers by box id."""
+    import re
+
+    page.get_by_role("tab", name=re.compile("VLM")).click()
+    page.locator("#vlm-image input[type=file]").set_input_files(str(image))
+    page.locator("#vlm-image img").first.wait_for(timeout=30_000)
+    page.locator("#vlm-question textarea").fill(question)
+    page.locator("#vlm-ask").click()
+    page.wait_for_function(
+        "() => (document.querySelector('#vlm-status')?.innerText || '').startsWith('done')", timeout=timeout_ms
+    )
+    answers = {}
+    for box in page.locator("[id^=vlm-answer-]").all():
+        answers[box.get_attribute("id")] = box.locator("textarea").input_value()
+    return answers
+
+
+def generate_images(page, prompt: str, timeout_ms: int = ANSWER_TIMEOUT_MS) -> None:
+    """Draw `prompt` with every SDXL model; returns when the merged (or first) image is shown."""
+    import re
+
+    page.get_by_role("tab", name=re.compile("Text-to-image")).click()
+    page.locator("#t2i-prompt textarea").fill(prompt)
+    page.locator("#t2i-generate").click()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[id^=t2i-image-] img')].some(img => img.naturalWidth > 0)",
+        timeout=timeout_ms,
+    )
+
+
+def open_dashboard(page, timeout_ms: int = 60_000) -> None:
+    """Open the dashboard tab and wait until the chosen run's fitness plot is drawn."""
+    page.get_by_role("tab", name="Evolution dashboard").click()
+    page.wait_for_function(
+        "() => document.querySelector('#run-fitness img')?.naturalWidth > 0", timeout=timeout_ms
+    )

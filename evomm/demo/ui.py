@@ -198,6 +198,7 @@ def _t2i_tab(config: DemoConfig, handlers: DemoHandlers) -> None:
             steps = gr.Slider(1, limits.max_steps, value=min(4, limits.max_steps), step=1, label="Steps")
             seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
             guidance = gr.Slider(0.0, limits.max_guidance, value=0.0, step=0.5, label="Guidance scale")
+            gr.Markdown("Sampler: Euler with trailing timesteps, the same noise (seed) for every model.")
             go = gr.Button("生成 Generate", variant="primary", elem_id="t2i-generate", interactive=bool(refs))
         with gr.Column(scale=2):
             images = []
