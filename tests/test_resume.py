@@ -161,8 +161,12 @@ def test_new_run_refuses_a_used_directory(tmp_path, capsys):
 
 def test_resume_of_a_finished_run_changes_nothing(tmp_path):
     config = _config(tmp_path, sleep=0.0)
+    raw = yaml.safe_load(config.read_text())
+    raw["after_run"] = ["search_fitness:write_marker"]
+    config.write_text(yaml.safe_dump(raw))
     run_dir = tmp_path / "run"
     assert main(["evolve", str(config), "--out", str(run_dir), "--no-progress"]) == 0
     before = (_outcome(run_dir), _evaluations(run_dir))
+    assert json.loads((run_dir / "after_run.json").read_text()) == {"stages": ["search"], "seed": 3}
     assert main(["evolve", str(config), "--out", str(run_dir), "--no-progress", "--resume"]) == 0
     assert (_outcome(run_dir), _evaluations(run_dir)) == before

@@ -17,7 +17,9 @@ expressed:
         space: {type: dfs, models: [stage:ps, ja], repeats: 2}
 
 A config without `stages:` but with a top-level `space:` is one stage named "search".
-Stage-level `fitness` / `optimizer` replace the top-level ones for that stage.
+Stage-level `fitness` / `optimizer` / `output` replace the top-level ones for that stage.
+`after_run: ["package.module:function"]` hooks run once every stage is done, called as
+`function(config, run_dir, results)` with `results` = {stage name: its result.json content}.
 """
 
 from __future__ import annotations
@@ -126,6 +128,9 @@ class EvolveConfig(_Strict):
     stages: list[StageConfig] = Field(default_factory=list)
     # pipeline-specific sections (e.g. a held-out evaluation) that other tools read
     extras: dict[str, Any] = Field(default_factory=dict)
+    # "module:function" hooks run after the last stage as f(config, run_dir, results), e.g. a
+    # held-out evaluation writing RUN_DIR/report.md; `evomm evolve` then does all of a pipeline
+    after_run: list[str] = Field(default_factory=list)
     # set by `load_config`: the config file's folder (relative paths in it are relative to it)
     config_dir: str | None = None
 

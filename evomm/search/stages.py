@@ -255,4 +255,20 @@ def run_all(config: EvolveConfig, run_dir: str | Path, *, resume: bool = False, 
         atomic_write_text(run_dir / "summary.json", json.dumps(
             {name: {k: r[k] for k in ("best_fitness", "evaluations", "best_recipe", "model")} for name, r in results.items()},
             indent=1))
+    for hook in config.after_run:
+        log(f"running {hook}")
+        _import_hook(hook)(config, run_dir, results)
     return results
+
+
+def _import_hook(name: str) -> Callable[..., Any]:
+    import importlib
+
+    module_name, _, attr = name.partition(":")
+    try:
+        hook = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"after_run: cannot import {name!r} ({exc})") from None
+    if not callable(hook):
+        raise ConfigError(f"after_run: {name!r} is not callable")
+    return hook
