@@ -63,6 +63,7 @@ def test_score_is_100_times_clamped_cosine():
     # flip the text projection: every cosine changes sign and is clamped to 0
     with torch.no_grad():
         scorer.model.text_projection.neg_()
+    scorer.clear_cache()
     np.testing.assert_allclose(direct_scores(scorer, images(), PROMPTS), -cos, rtol=1e-5, atol=1e-6)
     assert (scorer.score(images(), PROMPTS) == 0).all()
 
@@ -100,6 +101,46 @@ def test_english_glosses_replace_japanese_prompts():
     glossed = scorer.score(images(), ja, glosses=PROMPTS)
     np.testing.assert_allclose(glossed, scorer.score(images(), PROMPTS), rtol=1e-6)
     assert not np.allclose(scorer.score(images(), ja), glossed)
+
+
+def test_tensor_images_match_pil_images():
+    """At the model's input size no resize happens, so both paths see the same pixels."""
+    scorer = seeded_scorer(0, batch_size=2)
+    pil = [im.convert("RGB").resize((32, 32)) for im in images()]
+    tensors = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in pil]) / 255
+    np.testing.assert_allclose(scorer.score_tensors(tensors, PROMPTS), scorer.score(pil, PROMPTS),
+                               rtol=1e-4, atol=1e-3)
+    # a larger tensor is resized to the input size first
+    big = torch.nn.functional.interpolate(tensors, size=(64, 64), mode="nearest")
+    assert scorer.score_tensors(big, PROMPTS).shape == (5,)
+    with pytest.raises(MetricError, match=r"shape \(N, 3, H, W\)"):
+        scorer.score_tensors(tensors[:, :1], PROMPTS)
+
+
+def test_local_dir_model(tmp_path):
+    """The `local-dir:` layout (open_clip_config.json + safetensors), as the toy zoo writes it."""
+    from safetensors.torch import save_file
+
+    source = seeded_scorer(5)
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CONFIG}))
+    save_file({k: v.contiguous() for k, v in source.model.state_dict().items()},
+              str(folder / "open_clip_model.safetensors"))
+    loaded = ClipScorer(f"local-dir:{folder}")
+    np.testing.assert_allclose(loaded.score(images(), PROMPTS), source.score(images(), PROMPTS),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_text_embeddings_cached():
+    scorer = seeded_scorer(0)
+    first = scorer.text_features(PROMPTS).clone()
+    with torch.no_grad():
+        scorer.model.text_projection.neg_()  # changes fresh embeddings, not cached ones
+    assert set(scorer._text_cache) == set(PROMPTS)
+    assert torch.equal(scorer.text_features(PROMPTS), first)
+    scorer.clear_cache()
+    assert not torch.equal(scorer.text_features(PROMPTS), first)
 
 
 def test_bad_inputs():
