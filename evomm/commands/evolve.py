@@ -4,7 +4,7 @@ Writes to RUN_DIR (or RUN_DIR/<stage>/ for multi-stage configs): evaluations.jso
 checkpoint.pkl, history.json, best_recipe.yml, model/ (the best merged model with a model
 card), fitness.png, genome.png and result.json. Killed at any moment, the same command with
 `--resume` continues after the last completed generation and ends exactly as an
-uninterrupted run would.
+uninterrupted run would. The config format is described in docs/evolve.md.
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
     except EvommError as exc:
         print(f"evomm evolve: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"evomm evolve: interrupted; continue with --resume --out {args.out}", file=sys.stderr)
+        return 130
     for name, result in results.items():
         print(f"{name}: best fitness {result['best_fitness']:.6g} after {result['evaluations']} evaluations; "
               f"recipe {result['best_recipe']}" + (f"; model {result['model']}" if result.get("model") else ""))
