@@ -293,3 +293,15 @@ def test_running_app_answers_with_messages_and_keeps_serving(tiny_setup, tmp_pat
             client.predict("toy", "../..", api_name="/open_stage")
     finally:
         app.close()
+
+
+def test_model_events_share_one_bounded_queue(tiny_setup):
+    from evomm.demo.ui import CONCURRENCY_ID, build_app
+
+    config, _ = tiny_setup
+    config = config.model_copy(update={"limits": LIMITS.model_copy(update={"queue_size": 5, "concurrency": 2})})
+    app = build_app(config)
+    assert app._queue.max_size == 5
+    answer = next(fn for fn in app.fns.values() if fn.api_name == "answer")
+    assert (answer.concurrency_limit, answer.concurrency_id) == (2, CONCURRENCY_ID)
+    assert answer.preprocess is False  # images reach the handler unopened: checked before decoding
