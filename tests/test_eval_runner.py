@@ -102,7 +102,7 @@ def test_rerun_replaces_output_atomically(tmp_path):
     data = yaml.safe_load(bad.read_text(encoding="utf-8"))
     data["benchmarks"][0]["path"] = str(tmp_path / "absent")
     bad.write_text(yaml.safe_dump(data), encoding="utf-8")
-    assert cli_main(["eval", "--config", str(bad), "--out", str(out)]) == 1
+    assert cli_main(["eval", "--config", str(bad), "--out", str(out)]) == 2
     assert (out / "table.md").read_text(encoding="utf-8") == render_markdown(report)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
 

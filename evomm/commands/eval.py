@@ -36,7 +36,10 @@ def run(args: argparse.Namespace) -> int:
                                 log=lambda msg: print(msg, file=sys.stderr))
     except EvommError as exc:
         print(f"evomm eval: {exc}", file=sys.stderr)
-        return 1
+        return 2
+    except KeyboardInterrupt:
+        print("evomm eval: interrupted (no output written)", file=sys.stderr)
+        return 130
     print(render_markdown(report))
     print(f"wrote {out}/table.md, results.json, predictions/", file=sys.stderr)
     return 0
