@@ -16,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None,
                         help="only the first N questions of each benchmark (smoke runs)")
     parser.add_argument("--device", default=None, help="override the config's device (cpu, cuda, auto)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", "--num-threads", dest="threads", type=int, default=None,
+                        help="torch CPU threads")
 
 
 def run(args: argparse.Namespace) -> int:
