@@ -36,6 +36,7 @@ class BenchmarkSpec(BaseModel):
     split: str = "test"
     limit: int | None = Field(default=None, ge=1)
     name: str | None = None
+    lang: str | None = None  # jsonl only: keep rows with this "lang"
 
 
 class ModelSpec(BaseModel):
@@ -254,7 +255,7 @@ def run_evaluation(
     datasets: list[VQADataset] = []
     for spec in config.benchmarks:
         dataset = load_benchmark(spec.kind, resolve_path(spec.path, config_dir), split=spec.split,
-                                 limit=spec.limit, name=spec.name)
+                                 limit=spec.limit, name=spec.name, lang=spec.lang)
         log(f"loaded {dataset.name}: {len(dataset)} questions")
         datasets.append(dataset)
     names = [d.name for d in datasets]

@@ -76,6 +76,24 @@ def test_jsonl_format():
     assert load_benchmark("jsonl", JSONL, name="toy").name == "toy"
 
 
+def test_jsonl_language_filter(tmp_path):
+    rows = [
+        {"image": "images/0.png", "question": "What colour?", "answer": "red", "lang": "en"},
+        {"image": "images/0.png", "question": "何色？", "answer": "赤", "lang": "ja"},
+        {"image": "images/1.png", "question": "何色？", "answer": "青", "lang": "ja",
+         "distractors": ["赤"], "context": "extra keys are ignored"},
+    ]
+    shutil.copytree(JSONL.parent / "images", tmp_path / "images")
+    path = tmp_path / "test.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert [e.answer for e in load_jsonl(path, lang="ja")] == ["赤", "青"]
+    assert [e.lang for e in load_jsonl(path)] == ["en", "ja", "ja"]
+    with pytest.raises(DatasetError, match="no rows with lang='fr'"):
+        load_jsonl(path, lang="fr")
+    with pytest.raises(DatasetError, match="all Japanese"):
+        load_benchmark("ja-vg-vqa-500", VG, lang="ja")
+
+
 def test_missing_dataset_says_how_to_get_it(tmp_path):
     with pytest.raises(DatasetError, match="huggingface-cli download SakanaAI/JA-VG-VQA-500"):
         load_ja_vg_vqa_500(tmp_path / "absent")

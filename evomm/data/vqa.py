@@ -6,8 +6,9 @@ Three sources, one result type:
 - JA-VLM-Bench-In-the-Wild (SakanaAI/JA-VLM-Bench-In-the-Wild): one row per question with
   `image`, `question`, `answer`;
 - the project's JSONL + images format: one JSON object per line,
-  `{"image": "rel/path.png", "question": ..., "answer": ..., "type": ..., "keywords": [...]}`
-  with image paths relative to the JSONL file.
+  `{"image": "rel/path.png", "question": ..., "answer": ..., "type": ..., "keywords": [...],
+  "lang": "ja"}` with image paths relative to the JSONL file (only the first three keys are
+  required; `lang` lets one file hold several languages and a run pick one).
 
 The Hugging Face sets are read from disk only: a `save_to_disk` directory, a downloaded
 dataset repository (its `data/<split>-*.parquet`), or parquet files. Images are decoded up
@@ -49,6 +50,7 @@ class VQAExample:
     id: str
     type: str | None = None
     keywords: list[str] | None = None
+    lang: str | None = None
 
 
 @dataclass
@@ -240,8 +242,10 @@ def load_ja_vlm_bench_in_the_wild(path: str | Path | None, split: str = "test",
     return _finish(name, examples, limit)
 
 
-def load_jsonl(path: str | Path, limit: int | None = None, name: str | None = None) -> VQADataset:
-    """The project's JSONL + images format (image paths relative to the JSONL file)."""
+def load_jsonl(path: str | Path, limit: int | None = None, name: str | None = None,
+               lang: str | None = None) -> VQADataset:
+    """The project's JSONL + images format (image paths relative to the JSONL file);
+    `lang` keeps only the rows whose "lang" equals it."""
     path = Path(path)
     name = name or path.stem
     if not path.is_file():
@@ -258,6 +262,8 @@ def load_jsonl(path: str | Path, limit: int | None = None, name: str | None = No
                 raise DatasetError(f"{where}: invalid JSON ({exc.msg})") from exc
             if not isinstance(row, dict):
                 raise DatasetError(f"{where}: expected a JSON object")
+            if lang is not None and row.get("lang") != lang:
+                continue
             _require(row, ("image", "question", "answer"), where)
             keywords = row.get("keywords")
             if keywords is not None and not (
@@ -271,9 +277,12 @@ def load_jsonl(path: str | Path, limit: int | None = None, name: str | None = No
                 id=str(row.get("id", line_no)),
                 type=row.get("type"),
                 keywords=keywords,
+                lang=row.get("lang"),
             ))
             if limit and len(examples) >= limit:
                 break
+    if not examples and lang is not None:
+        raise DatasetError(f"{name}: no rows with lang={lang!r} in {path}")
     return _finish(name, examples, limit)
 
 
@@ -284,13 +293,16 @@ LOADERS = {
 
 
 def load_benchmark(kind: str, path: str | Path | None, split: str = "test",
-                   limit: int | None = None, name: str | None = None) -> VQADataset:
+                   limit: int | None = None, name: str | None = None,
+                   lang: str | None = None) -> VQADataset:
     """Dispatch on `kind`: ja-vg-vqa-500, ja-vlm-bench-in-the-wild or jsonl."""
     kind = kind.lower()
     if kind == JSONL:
         if path is None:
             raise DatasetError("a jsonl benchmark needs `path:` (the .jsonl file)")
-        return load_jsonl(path, limit=limit, name=name)
+        return load_jsonl(path, limit=limit, name=name, lang=lang)
+    if lang is not None:
+        raise DatasetError(f"`lang` selects rows of a jsonl benchmark; {kind} is all Japanese")
     if kind not in LOADERS:
         raise DatasetError(f"unknown benchmark kind {kind!r}; use one of "
                            f"{sorted([*LOADERS, JSONL])}")
