@@ -222,3 +222,14 @@ def test_random_japanese_pairs_match_published():
     ours = JapaneseRouge().score_pairs(refs, preds)
     for name in expected:
         np.testing.assert_array_equal(ours[name], expected[name])
+
+
+def test_cache_is_bounded_and_results_unchanged():
+    scorer = JapaneseRouge(cache_size=3)
+    refs = ["白い犬", "赤い車", "青い空", "黒い猫"]
+    preds = ["白い猫", "赤い車です", "空", ""]
+    first = scorer.score_pairs(refs, preds)
+    assert len(scorer._cache) <= 3
+    again = scorer.score_pairs(refs, preds)
+    for name in first:
+        np.testing.assert_array_equal(first[name], again[name])

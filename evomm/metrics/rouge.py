@@ -127,10 +127,12 @@ class JapaneseRouge:
     """Scores Japanese text pairs; holds one MeCab tagger and a cache of tokenized texts.
 
     Keep one instance alive across calls (the evolution loop scores the same references
-    every generation): references are normalised and tokenized once.
+    every generation): references are normalised and tokenized once. The cache holds up to
+    `cache_size` texts and is emptied when full (bounded memory; references are simply
+    tokenized again on their next use).
     """
 
-    def __init__(self, cache_size: int = 200_000) -> None:
+    def __init__(self, cache_size: int = 20_000) -> None:
         from fugashi import Tagger
         import neologdn
 
