@@ -282,6 +282,11 @@ def test_running_app_answers_with_messages_and_keeps_serving(tiny_setup, tmp_pat
                 client.predict(image, question, *settings, api_name="/answer")
         with pytest.raises(AppError, match="not in the list of choices|not a run"):
             client.predict("../../etc", api_name="/open_run")
+        import httpx  # the server itself refuses an oversized upload (gradio_client checks on its side)
+
+        big = httpx.post(f"http://127.0.0.1:{port}/gradio_api/upload",
+                         files={"files": ("big.png", b"\x89PNG" + os.urandom(LIMITS.max_upload_bytes + 1), "image/png")})
+        assert big.status_code == 413 and "maximum allowed size of 200000 bytes" in big.text
 
         status, merged, english, japanese = client.predict(
             handle_file(str(root / "examples" / "circle.png")), "この図形は何色ですか？", *settings, api_name="/answer"
