@@ -310,3 +310,17 @@ def test_model_events_share_one_bounded_queue(tiny_setup):
     answer = next(fn for fn in app.fns.values() if fn.api_name == "answer")
     assert (answer.concurrency_limit, answer.concurrency_id) == (2, CONCURRENCY_ID)
     assert answer.preprocess is False  # images reach the handler unopened: checked before decoding
+
+
+def test_zoo_prompt_layout_matches_the_zoo_training_format(tmp_path):
+    from evomm.demo.chat import format_question
+    from evomm.demo.config import zoo_prompt
+    from evomm.zoo.train import PROMPT, format_prompt
+
+    (tmp_path / "zoo" / "english_vlm").mkdir(parents=True)
+    (tmp_path / "zoo" / "build_info.json").write_text(json.dumps({"prompt": PROMPT}))
+    template = zoo_prompt([ModelRef(name="en", path=tmp_path / "zoo" / "english_vlm")])
+    assert template == PROMPT
+    question = "この図形は何色ですか？"
+    assert format_question(template, question, "<image>") == format_prompt(question, "<image>")
+    assert format_question(template, question, None) == format_prompt(question)

@@ -55,6 +55,18 @@ def sees_images(path: Path) -> bool:
     return _model_type(path) in VLM_MODEL_TYPES
 
 
+def uses_question_template(template: str | None) -> bool:
+    """Templates with `{question}` (and `{context}` / `{image}`) are the toy zoo's layout."""
+    return bool(template) and "{question}" in template
+
+
+def format_question(template: str, question: str, image_token: str | None) -> str:
+    """Fill a `{context} {question}` template the way `evomm.zoo.train.format_prompt` does:
+    the image token is the context of a VLM, nothing for a text-only model."""
+    token = image_token or ""
+    return template.format(context=token, image=token, question=question).replace("  ", " ")
+
+
 class ChatModel:
     """One model of the comparison: a LLaVA-style VLM or a text-only causal LM."""
 
@@ -67,6 +79,9 @@ class ChatModel:
         self.ref = ref
         self.device = device
         self.sees_images = sees_images(ref.path)
+        self.question_template = template if uses_question_template(template) else None
+        if self.question_template:
+            template = None
         if self.sees_images:
             # the same loader and prompt templates as evaluation, so answers match the scores
             self._vlm = VLMGenerator.from_pretrained(ref.path, template=template, device=device)
@@ -85,7 +100,10 @@ class ChatModel:
         self._lock = threading.Lock()  # one generation per model at a time
 
     def prompt(self, question: str) -> str:
-        """The model's input text, built like evaluation builds it (`evomm.models.vlm`)."""
+        """The model's input text, built like evaluation builds it (`evomm.models.vlm` / the zoo)."""
+        if self.question_template:
+            image_token = getattr(self.processor, "image_token", "<image>") if self.sees_images else None
+            return format_question(self.question_template, question, image_token)
         if self._vlm is not None:
             return self._vlm.build_prompt(question)
         # a text-only parent: the same template, without the image placeholder

@@ -90,6 +90,23 @@ def _first_existing(candidates: tuple[str, ...], base: Path) -> Path | None:
     return next((base / c for c in candidates if (base / c).is_dir()), None)
 
 
+def zoo_prompt(refs: list[ModelRef]) -> str | None:
+    """The prompt layout a toy zoo was trained with (its `build_info.json`), if a model is from one."""
+    import json
+
+    for ref in refs:
+        for folder in (ref.path, ref.path.parent):
+            info = folder / "build_info.json"
+            if info.is_file():
+                try:
+                    prompt = json.loads(info.read_text(encoding="utf-8")).get("prompt")
+                except (ValueError, OSError):
+                    continue
+                if isinstance(prompt, str) and "{question}" in prompt:
+                    return prompt
+    return None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `demos/app.py` (each also readable from the environment variable named)."""
     parser.add_argument("--merged", help=f"merged VLM dir, [NAME=]PATH (env {ENV_MERGED})")
@@ -98,8 +115,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sdxl-parents", help=f"parent SDXL pipeline dirs (env {ENV_SDXL_PARENTS})")
     parser.add_argument("--runs-root", help=f"directory holding evolution runs (env {ENV_RUNS_ROOT})")
     parser.add_argument("--examples", help=f"directory of example images (env {ENV_EXAMPLES})")
-    parser.add_argument("--template", help=f"prompt template: chat, a name from evomm.models.vlm, or a string "
-                        f"with {{input}} (env {ENV_TEMPLATE}; default: the model's chat template)")
+    parser.add_argument("--template", help=f"prompt template: chat, a name from evomm.models.vlm, a string with "
+                        f"{{input}}, or one with {{context}} {{question}} like the toy zoo's (env {ENV_TEMPLATE}; "
+                        "default: the toy zoo's layout for zoo models, else the model's chat template)")
     parser.add_argument("--threads", type=int, help=f"torch threads (env {ENV_THREADS}, default 1)")
     parser.add_argument("--device", help=f"torch device, e.g. cpu or cuda (env {ENV_DEVICE}, default cpu)")
     parser.add_argument("--max-new-tokens", type=int, help="longest generated answer")
@@ -178,7 +196,7 @@ def config_from(args: argparse.Namespace | None = None, env: dict[str, str] | No
         runs_root=runs_root.resolve() if runs_root.is_dir() else None,
         examples_dir=examples_dir.resolve() if examples_dir else None,
         limits=limits,
-        template=pick("template", ENV_TEMPLATE),
+        template=pick("template", ENV_TEMPLATE) or zoo_prompt(([merged] if merged else []) + parents),
         threads=threads,
         device=device,
     )
