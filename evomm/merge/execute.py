@@ -94,8 +94,8 @@ def _tokenizer_folder(plan: MergePlan, base_dir: Path | None) -> Path | None:
         return None
     if ref == "base":
         ref = recipe.base_model
-    if ref == "union" or ref is None:
-        raise ConfigError("tokenizer_source: only a model reference or 'base' is supported")
+    if ref is None:
+        raise ConfigError("tokenizer_source: 'base' needs a base_model")
     if ref in plan.models:
         return plan.models[ref].source.root
     return resolve_model_path(ref, base_dir)
@@ -124,6 +124,8 @@ def write_metadata(plan: MergePlan, out_dir: Path, base_dir: Path | None = None,
 def run_merge(recipe: Recipe, out_dir: str | Path, *, allow_pickle: bool = False, device: str = "cpu",
               base_dir: Path | None = None, progress: bool = True, overwrite: bool = False) -> Path:
     """Plan, check and run `recipe`, writing a loadable checkpoint to `out_dir` atomically."""
+    if recipe.chat_template is not None:
+        log.warning("chat_template: ignored by evomm merge (the tokenizer source's template is copied)")
     models = open_models(recipe, allow_pickle=allow_pickle, base_dir=base_dir)
     try:
         plan = build_plan(recipe, models)

@@ -107,6 +107,13 @@ class Recipe(BaseModel):
             raise ValueError(f"unknown dtype {value!r} (expected one of {', '.join(_DTYPES)})")
         return value
 
+    @field_validator("tokenizer_source")
+    @classmethod
+    def _tokenizer_source(cls, value: str | None) -> str | None:
+        if value == "union":
+            raise ValueError("'union' is not supported; name a model (or 'base') to copy the tokenizer from")
+        return value
+
     @field_validator("merge_method")
     @classmethod
     def _method(cls, value: str) -> str:
