@@ -322,18 +322,49 @@ def render_markdown(report: EvalReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_report(report: EvalReport, path: Path) -> Path:
+    """Grouped bars: ROUGE-L (solid) and strict ROUGE-L (hatched) per benchmark and model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    models, benches = list(report.results), report.benchmarks
+    x = np.arange(len(benches))
+    width = 0.8 / max(len(models), 1)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(benches) * max(len(models), 1) ** 0.5), 3.2))
+    for i, model in enumerate(models):
+        values = [report.results[model][b].metrics["rougeL"] for b in benches]
+        bars = ax.bar(x + i * width, values, width, label=model)
+        if report.strict_japanese:
+            strict = [report.results[model][b].metrics["rougeL_ja"] for b in benches]
+            ax.bar(x + i * width, strict, width, fill=False, hatch="//",
+                   edgecolor=bars.patches[0].get_facecolor())
+    ax.set_xticks(x + width * (len(models) - 1) / 2, benches)
+    ax.set_ylabel("ROUGE-L")
+    ax.set_ylim(0, 100)
+    ax.set_title(report.name + (" (hatched: strict Japanese)" if report.strict_japanese else ""))
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def write_report(report: EvalReport, config: EvalConfig, out_dir: Path) -> Path:
-    """Write table.md, results.json and predictions/ into a temporary directory next to
+    """Write table.md, rouge.png, results.json and predictions/ into a temporary directory next to
     `out_dir`, then swap it in: a failed run never leaves half-written files."""
     out_dir = out_dir.resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         (tmp / "table.md").write_text(render_markdown(report), encoding="utf-8")
+        plot_report(report, tmp / "rouge.png")
         payload = report.to_json() | {"config": config.model_dump()}
         (tmp / "results.json").write_text(json.dumps(payload, ensure_ascii=False, indent=2),
                                           encoding="utf-8")

@@ -53,6 +53,7 @@ def test_two_tiny_llava_models_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
 
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert (out / "rouge.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert results["benchmarks"] == ["JA-VG-VQA-500", "JA-VLM-Bench-In-the-Wild"]
     assert set(results["metrics"]) == {"tiny-a", "tiny-b"}
     table = (out / "table.md").read_text(encoding="utf-8")

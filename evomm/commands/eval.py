@@ -42,5 +42,5 @@ def run(args: argparse.Namespace) -> int:
         print("evomm eval: interrupted (no output written)", file=sys.stderr)
         return 130
     print(render_markdown(report))
-    print(f"wrote {out}/table.md, results.json, predictions/", file=sys.stderr)
+    print(f"wrote {out}/table.md, rouge.png, results.json, predictions/", file=sys.stderr)
     return 0
