@@ -199,3 +199,45 @@ def test_pipeline_examples_run(tmp_path, monkeypatch):
     from mergekit.config import MergeConfiguration
 
     MergeConfiguration.model_validate(yaml.safe_load((repo / "pipelines/examples/llm_ties.yml").read_text()))
+
+
+def test_tied_embeddings_model_supplies_lm_head(zoo, tmp_path):
+    """A tied-embedding LLM has no lm_head tensor; its embedding matrix stands in for it."""
+    import json
+    import shutil
+
+    tied = tmp_path / "tied"
+    shutil.copytree(zoo["ft2"], tied)
+    state = _weights(tied)
+    del state["lm_head.weight"]
+    from safetensors.torch import save_file
+
+    save_file(state, str(tied / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((tied / "config.json").read_text())
+    (tied / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    recipe = {"merge_method": "linear", "dtype": "float32",
+              "models": [{"model": str(zoo["ft1"]), "parameters": {"weight": 0.5}},
+                         {"model": str(tied), "parameters": {"weight": 0.5}}]}
+    assert _run(tmp_path, recipe) == 0
+    merged, a = _weights(tmp_path / "out"), _weights(zoo["ft1"])
+    torch.testing.assert_close(merged["lm_head.weight"],
+                               0.5 * a["lm_head.weight"] + 0.5 * state["model.embed_tokens.weight"])
+
+
+def test_sdxl_single_file_primary_writes_a_single_file(unets, tmp_path):
+    from evomm.io import open_source
+
+    recipe = {"merge_method": "linear", "dtype": "float32",
+              "models": [{"model": str(unets["single"]), "parameters": {"weight": 0.5}},
+                         {"model": str(unets["ft1"]), "parameters": {"weight": 0.5}}]}
+    assert _run(tmp_path, recipe) == 0
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert files == ["README.md", "evomm_recipe.yml", "model.safetensors"]
+    out = open_source(tmp_path / "out")
+    single = open_source(unets["single"])
+    assert set(out.keys()) == set(single.keys())
+    assert torch.equal(out.get("conditioner.embedders.0.proj"), torch.ones(3))  # non-UNet parts copied
+    ft1 = load_file(unets["ft1"] / "diffusion_pytorch_model.safetensors")
+    torch.testing.assert_close(out.get("model.diffusion_model.input_blocks.0.0.weight"),
+                               0.5 * single.get("model.diffusion_model.input_blocks.0.0.weight")
+                               + 0.5 * ft1["conv_in.weight"])

@@ -115,6 +115,15 @@ def _check_architectures(recipe: Recipe, models: dict[str, ModelInput], primary:
     return arch
 
 
+def _ties_embeddings(model: ModelInput, slot: Slot) -> bool:
+    """A model with tied embeddings stores no lm_head: its embedding matrix is the head."""
+    if slot != Slot("text", None, "lm_head.weight"):
+        return False
+    config = model.source.config or {}
+    text = config.get("text_config") or {}
+    return bool(text.get("tie_word_embeddings", config.get("tie_word_embeddings", False)))
+
+
 def build_plan(recipe: Recipe, models: dict[str, ModelInput]) -> MergePlan:
     """Check the models against each other and list one task per output tensor."""
     primary = _choose_primary(recipe, models)
@@ -132,6 +141,8 @@ def build_plan(recipe: Recipe, models: dict[str, ModelInput]) -> MergePlan:
         inputs, rows = {}, shape[0] if shape else None
         for ref, model in models.items():
             src_name = name if ref == primary else model.adapter.name_of(slot)
+            if (src_name is None or src_name not in model.source) and _ties_embeddings(model, slot):
+                src_name = model.adapter.name_of(Slot("text", None, "embed_tokens.weight"))
             if src_name is None or src_name not in model.source:
                 raise MissingTensorError(f"missing tensor: {ref} has no {src_name or slot} "
                                          f"(needed for {name})")
