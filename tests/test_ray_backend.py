@@ -34,6 +34,7 @@ def _records(run_dir: Path) -> list[tuple]:
     return [(r["generation"], r["index"], r["genome"], r["fitness"], r["error"]) for r in rows]
 
 
+@pytest.mark.slow  # starting Ray and its worker process costs 10-25 s on the 2-core test machines
 def test_ray_backend_matches_in_process(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(TESTS))
     # Ray's worker processes inherit the environment: let them import evomm and the test fitness

@@ -66,9 +66,9 @@ def _evaluations(run_dir: Path) -> list[tuple]:
 
 
 def test_sigkill_mid_generation_then_resume_matches_uninterrupted_run(tmp_path):
-    # ~0.15 s per candidate, 6 per generation: the kill lands inside generation 1, after the
-    # first checkpoint (killing before any checkpoint is covered in-process below)
-    config_path = _config(tmp_path, sleep=0.15)
+    # ~0.05 s per candidate, 6 per generation: the kill lands inside generation 1 or 2, after
+    # the first checkpoint (killing before any checkpoint is covered in-process below)
+    config_path = _config(tmp_path, sleep=0.05)
     alone = tmp_path / "alone"  # the uninterrupted run, in this process (saves a start-up)
     assert main(["evolve", str(config_path), "--out", str(alone), "--no-progress"]) == 0
 
