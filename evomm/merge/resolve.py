@@ -94,7 +94,10 @@ class ParameterResolver:
             value = None
             if name in self.global_settings:
                 value = evaluate_setting(self.global_settings[name], tensor_name, t)
-            out.global_[name] = defaults.get(name) if value is None else _coerce(name, value, defaults.get(name))
+            if value is not None:
+                out.global_[name] = _coerce(name, value, defaults.get(name))
+            elif name in defaults:
+                out.global_[name] = defaults[name]
         for ref, params in self.model_settings.items():
             own_name = model_names.get(ref, tensor_name) if model_names else tensor_name
             values = {}
