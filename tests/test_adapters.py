@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from evomm.adapters import Slot, adapter_for_names, diffusers_to_ldm_names
 from evomm.errors import ArchitectureError
