@@ -1,5 +1,6 @@
 """Merging: methods on tensors (`methods`), in-memory candidates for the search (`candidate`)."""
 
+from evomm.merge.candidate import CandidateMaterializer, Route, TensorParams, in_place_params, routes_from_tasks
 from evomm.merge.methods import (
     METHODS,
     MethodSpec,
@@ -14,6 +15,11 @@ from evomm.merge.methods import (
 )
 
 __all__ = [
+    "CandidateMaterializer",
+    "Route",
+    "TensorParams",
+    "in_place_params",
+    "routes_from_tasks",
     "METHODS",
     "MethodSpec",
     "dare_linear",

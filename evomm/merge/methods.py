@@ -267,21 +267,28 @@ def dare_linear(
     return _sum_merge(base, deltas, weights, normalize, lambda_)
 
 
-def slerp_coefficients(a: Tensor, b: Tensor, t: float) -> tuple[float, float]:
-    """(c_a, c_b) with slerp(a, b, t) = c_a * a + c_b * b, over the whole flattened tensors."""
+def slerp_stats(a: Tensor, b: Tensor) -> tuple[float, float, float]:
+    """(|a|, |b|, a.b) over the flattened tensors, in float64: all SLERP needs besides t."""
     x = a.reshape(-1).double()
     y = b.reshape(-1).double()
-    norm_a = float(torch.linalg.vector_norm(x))
-    norm_b = float(torch.linalg.vector_norm(y))
+    return float(torch.linalg.vector_norm(x)), float(torch.linalg.vector_norm(y)), float(torch.dot(x, y))
+
+
+def slerp_coefficients_from_stats(norm_a: float, norm_b: float, dot: float, t: float) -> tuple[float, float]:
+    """(c_a, c_b) with slerp(a, b, t) = c_a * a + c_b * b; linear when nearly colinear."""
     norm_a = norm_a if norm_a > SLERP_NORM_EPS else 1.0
     norm_b = norm_b if norm_b > SLERP_NORM_EPS else 1.0
-    dot = float(torch.dot(x, y)) / (norm_a * norm_b) if x.numel() else 1.0
-    dot = min(1.0, max(-1.0, dot))
-    if abs(dot) > SLERP_DOT_THRESHOLD:
+    cos = min(1.0, max(-1.0, dot / (norm_a * norm_b)))
+    if abs(cos) > SLERP_DOT_THRESHOLD:
         return 1.0 - t, t
-    theta = math.acos(dot)
+    theta = math.acos(cos)
     sin_theta = math.sin(theta)
     return math.sin((1.0 - t) * theta) / sin_theta, math.sin(t * theta) / sin_theta
+
+
+def slerp_coefficients(a: Tensor, b: Tensor, t: float) -> tuple[float, float]:
+    """(c_a, c_b) with slerp(a, b, t) = c_a * a + c_b * b, over the whole flattened tensors."""
+    return slerp_coefficients_from_stats(*slerp_stats(a, b), t)
 
 
 def slerp(a: Tensor, b: Tensor, t: float) -> Tensor:

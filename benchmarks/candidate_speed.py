@@ -1,0 +1,134 @@
+"""How fast is one in-memory merge candidate, against one plain fused pass over the weights?
+
+Builds a Mistral-shaped model (~500 MB in float32 by default) and two "fine-tunes" (base +
+noise) in memory, then times, in the same run:
+
+- floor: `torch.lerp` of two state dicts into the preallocated model's tensors;
+- `CandidateMaterializer.materialize` for linear, ties and dare_ties (per-layer parameters,
+  as the PS genome gives them), compiled (one fused pass per tensor) and/or eager (chunked).
+  dare_ties is timed both with the search's usual fixed seed (mask bits cached) and with a
+  new seed per candidate (mask bits drawn every time).
+
+Targets (issue 4): linear within 2x of the floor, ties and dare_ties within 4x.
+
+    python benchmarks/candidate_speed.py [--threads 1] [--reps 5] [--mode both]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+
+import torch
+
+
+def build_models(layers: int, hidden: int, vocab: int, seed: int = 0):
+    from evomm.testing.tiny import tiny_mistral_config
+    from transformers import MistralForCausalLM
+
+    config = tiny_mistral_config(vocab_size=vocab, num_layers=layers, hidden=hidden)
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in MistralForCausalLM(config).state_dict().items()}
+    gen = torch.Generator().manual_seed(seed)
+    base = {k: torch.randn(s, generator=gen) * 0.02 for k, s in shapes.items()}
+    tunes = [{k: v + 0.002 * torch.randn(v.shape, generator=gen) for k, v in base.items()} for _ in range(2)]
+    target = MistralForCausalLM(config).eval()  # the one preallocated model candidates are written into
+    return base, tunes, target
+
+
+def median_time(fn, reps: int) -> float:
+    fn()  # warm-up (compiles, fills caches)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def layer_params(names, merged, method, layers: int, rng):
+    """Per-tensor parameters: one value per layer (and one for embeddings/head), like the PS genome."""
+    from evomm.merge.candidate import TensorParams
+
+    per_layer = {}
+    groups: dict[int, list[str]] = {}
+    for name in names:
+        parts = name.split(".")
+        layer = int(parts[2]) if len(parts) > 2 and parts[1] == "layers" else -1
+        groups.setdefault(layer, []).append(name)
+    out = []
+    for layer, tensors in groups.items():
+        per_model = {ref: {"weight": float(rng.uniform(0.2, 0.8)), "density": float(rng.uniform(0.2, 0.8))} for ref in merged}
+        glob = {"normalize": True} if method == "ties" else {}
+        per_layer[layer] = TensorParams(per_model, glob)
+        out.append((tensors, per_layer[layer]))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--layers", type=int, default=7)
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--mode", choices=["compiled", "eager", "both"], default="both")
+    parser.add_argument("--methods", default="linear,ties,dare_ties")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    import numpy as np
+
+    from evomm.merge.candidate import CandidateMaterializer, Route, in_place_params
+
+    base, tunes, model = build_models(args.layers, args.hidden, args.vocab)
+    target = in_place_params(model)
+    names = [k for k in base if k in target]
+    numel = sum(base[k].numel() for k in names)
+    print(f"model: {len(names)} tensors, {numel / 1e6:.1f} M params, {numel * 4 / 2**20:.0f} MiB float32; "
+          f"threads={torch.get_num_threads()}")
+
+    def floor():
+        for k in names:
+            torch.lerp(tunes[0][k], tunes[1][k], 0.4, out=target[k])
+
+    with torch.no_grad():
+        floor_s = median_time(floor, args.reps)
+    print(f"floor (torch.lerp of two state dicts into the model): {floor_s * 1000:.1f} ms")
+
+    models = {"base": base, "a": tunes[0], "b": tunes[1]}
+    routes = {k: Route({ref: k for ref in models}) for k in names}
+    goals = {"linear": 2.0, "ties": 4.0, "dare_ties": 4.0}
+    modes = ["compiled", "eager"] if args.mode == "both" else [args.mode]
+    rows = []
+    for method in args.methods.split(","):
+        for mode in modes:
+            start = time.perf_counter()
+            mat = CandidateMaterializer(target, models, routes, method, base="base", compile=(mode == "compiled"))
+            setup_s = time.perf_counter() - start
+            rng = np.random.default_rng(0)
+            params = layer_params(names, mat.merged, method, args.layers, rng)
+            variants = [("", lambda: mat.materialize(params, seed=1))]
+            if method.startswith("dare"):
+                seeds = iter(range(2, 10_000))
+                variants = [("fixed seed", variants[0][1]), ("new seed", lambda: mat.materialize(params, seed=next(seeds)))]
+            for label, fn in variants:
+                t = median_time(fn, args.reps)
+                ratio = t / floor_s
+                goal = goals.get(method)
+                verdict = "" if goal is None else ("meets" if ratio <= goal else "MISSES") + f" {goal:.0f}x target"
+                rows.append((f"{method} {label}".strip(), mode, t, ratio, setup_s, verdict))
+                print(f"{rows[-1][0]:<22} {mode:<9} {t * 1000:8.1f} ms  {ratio:5.2f}x floor  "
+                      f"(setup {setup_s:5.1f} s)  {verdict}", flush=True)
+            del mat, params, variants
+            gc.collect()
+
+    print("\nsummary (median of", args.reps, "reps; floor", f"{floor_s * 1000:.1f} ms)")
+    for name, mode, t, ratio, _, verdict in rows:
+        print(f"  {name:<22} {mode:<9} {ratio:5.2f}x  {verdict}")
+
+
+if __name__ == "__main__":
+    main()
