@@ -126,3 +126,14 @@ def test_atomic_output_dir(tmp_path):
 
 def test_parse_size():
     assert parse_size("5GB") == 5 * 10**9 and parse_size("500MB") == 5 * 10**8 and parse_size(7) == 7
+
+
+class _Arbitrary:
+    """Stands for any class a malicious pickle could name."""
+
+
+def test_unsafe_pickle_is_refused_even_with_opt_in(tmp_path):
+    """weights_only=True: a pickle that would run code fails with a CheckpointError."""
+    torch.save({"w": torch.ones(2), "obj": _Arbitrary()}, tmp_path / "model.pt")
+    with pytest.raises(CheckpointError, match="cannot load pickle safely"):
+        open_source(tmp_path / "model.pt", allow_pickle=True)

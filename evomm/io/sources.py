@@ -117,12 +117,7 @@ class PickleSource(TensorSource):
         super().__init__(name, root, config, layout)
         self._tensors: dict[str, torch.Tensor] = {}
         for file in files:
-            try:
-                data = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:  # old zip-less formats cannot be mmapped
-                data = torch.load(file, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise CheckpointError(f"{file}: cannot load pickle safely ({exc})") from None
+            data = _load_pickle(file)
             if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
                 data = data["state_dict"]
             if not isinstance(data, dict):
@@ -145,6 +140,20 @@ class PickleSource(TensorSource):
     def get(self, name: str) -> torch.Tensor:
         self.info(name)
         return self._tensors[name]
+
+
+def _load_pickle(file: Path):
+    """torch.load with weights_only=True (memory-mapped when the format allows it)."""
+    try:
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:  # legacy (non-zip) files cannot be memory-mapped
+            if "mmap" not in str(exc):
+                raise
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{file}: cannot load pickle safely ({first})") from None
 
 
 def _read_json(path: Path) -> dict | None:
