@@ -71,3 +71,25 @@ def test_dfs_identity_path_reproduces_a_source(zoo):
         got = candidate.apply(space.decode(space.initial()))(input_ids=ids).logits
         want = load_decoder_source(zoo["ja"])(input_ids=ids).logits
     assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_dfs_over_a_llava_and_an_llm_stays_a_llava(zoo):
+    from transformers import LlavaForConditionalGeneration
+
+    from evomm.search.dfs_space import build_space
+    from evomm.search.export import load_decoder_source
+
+    space = build_space([zoo["vlm"], zoo["ja"]], repeats=1)
+    candidate = CandidateModel(space.decode(space.initial()))
+    ids = torch.randint(3, 120, (1, 8), generator=torch.Generator().manual_seed(2))
+    model = candidate.apply(space.decode(space.initial()))  # the VLM's own layers, scale 1
+    assert isinstance(model, LlavaForConditionalGeneration)
+    with torch.no_grad():
+        got = model(input_ids=ids).logits
+        want = load_decoder_source(zoo["vlm"])(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-6)
+    # re-routing through the Japanese LM's layers changes the answer in place
+    path = [[0, 0], [0, 1], [1, 2], [1, 3]]
+    with torch.no_grad():
+        rerouted = candidate.apply(space.decode(space.encode(path)))(input_ids=ids).logits
+    assert not torch.allclose(rerouted, want, atol=1e-4)

@@ -66,19 +66,27 @@ def save_dfs_model(spec: dict[str, Any], model_dir: str | Path, card: dict[str, 
     return model_dir
 
 
-def load_decoder_source(path: str | Path):
-    """A source checkpoint as a transformers model (a LLaVA as LLaVA, else a causal LM)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def load_decoder_source(path: str | Path, dtype=None):
+    """A source checkpoint as a transformers model (a LLaVA as LLaVA, else a causal LM).
 
-    config = AutoConfig.from_pretrained(path)
-    if getattr(config, "model_type", "") in ("llava", "llava_next"):
+    Weights load from safetensors only; `dtype` defaults to float32."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config_file = Path(path) / "config.json"
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type", "")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not a transformers checkpoint folder ({exc})") from None
+    kwargs = dict(use_safetensors=True, dtype=dtype or torch.float32)
+    if model_type in ("llava", "llava_next"):
         from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 
-        cls = LlavaNextForConditionalGeneration if config.model_type == "llava_next" else LlavaForConditionalGeneration
-        return cls.from_pretrained(path, use_safetensors=True).eval()
-    if getattr(config, "model_type", "") == "evomm_dfs":
+        cls = LlavaNextForConditionalGeneration if model_type == "llava_next" else LlavaForConditionalGeneration
+        return cls.from_pretrained(path, **kwargs).eval()
+    if model_type == "evomm_dfs":
         raise ConfigError(f"{path}: a saved DFS model cannot be a DFS source yet; use its PS sources")
-    return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).eval()
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
 
 
 def _is_llava(model) -> bool:
