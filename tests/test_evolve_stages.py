@@ -79,10 +79,11 @@ def test_ps_then_dfs_over_the_ps_result(zoo, tmp_path):
 @pytest.mark.parametrize("mutate, message", [
     (lambda c: c["stages"][1]["space"].update(models=["stage:nope", "a"]), "'stage:nope' names no earlier stage"),
     (lambda c: c["stages"][0]["space"].update(models=["a", "zzz"]), "model 'zzz' is not one of sources"),
-    (lambda c: c["stages"][0]["space"].update(method="average"), "stages.0.space.ps.method"),
+    (lambda c: c["stages"][0]["space"].update(method="average"), "stages.0.space.method: Input should be"),
     (lambda c: c["optimizer"].pop("generations"), "set generations or max_evaluations"),
     (lambda c: c["optimizer"].update(popsize=1), "popsize"),
     (lambda c: c.update(backend={"type": "spark"}), "backend.type"),
+    (lambda c: c["stages"][0]["space"].pop("base_model"), "stages.0.space: method task_arithmetic needs a base_model"),
     (lambda c: c.update(space=c["stages"][0]["space"]), "not both"),
     (lambda c: c["stages"][0].update(fitnes={}), "stages.0.fitnes: Extra inputs are not permitted"),
 ])

@@ -91,6 +91,19 @@ class PSSpaceConfig(_Strict):
     dtype: str | None = None
     evomm: dict[str, Any] = Field(default_factory=dict, description="recipe `evomm:` section (keep_from, ...)")
 
+    @model_validator(mode="after")
+    def _method_inputs(self) -> "PSSpaceConfig":
+        from evomm.search.ps_space import NEEDS_BASE
+
+        if self.method in NEEDS_BASE and not self.base_model:
+            raise ValueError(f"method {self.method} needs a base_model")
+        if self.method == "slerp" and len([m for m in self.models if m != self.base_model]) != 1:
+            raise ValueError("slerp merges exactly one of `models` into base_model")
+        lo, hi = self.weight_bounds
+        if not lo < hi:
+            raise ValueError(f"weight_bounds: lower {lo} must be below upper {hi}")
+        return self
+
 
 class DFSSpaceConfig(BaseModel):
     """Options of the DFS genome; passed on to `evomm.search.dfs_space` as they are."""
@@ -205,7 +218,10 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> EvolveConfig:
         return EvolveConfig.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        parts = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
+        # drop the union tag pydantic inserts after `space` (space.ps.method -> space.method)
+        parts = [p for i, p in enumerate(parts) if not (i and parts[i - 1] == "space" and p in ("ps", "dfs"))]
+        loc = ".".join(parts)
         msg = err["msg"].removeprefix("Value error, ")
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise ConfigError(f"{where}: {loc + ': ' if loc else ''}{msg}{more}") from None

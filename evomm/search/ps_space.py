@@ -72,27 +72,27 @@ class PSSpace:
 
     def __post_init__(self) -> None:
         if self.method not in METHOD_PARAMETERS:
-            raise ConfigError(f"search.method: unknown method {self.method!r} (known: {sorted(METHOD_PARAMETERS)})")
+            raise ConfigError(f"space.method: unknown method {self.method!r} (known: {sorted(METHOD_PARAMETERS)})")
         if not self.models:
-            raise ConfigError("search.models: name at least one model to merge")
+            raise ConfigError("space.models: name at least one model to merge")
         if self.method in NEEDS_BASE and not self.base_model:
-            raise ConfigError(f"search.base_model: method {self.method} needs a base model")
+            raise ConfigError(f"space.base_model: method {self.method} needs a base model")
         if self.method == "slerp" and len([m for m in self.models if m != self.base_model]) != 1:
-            raise ConfigError("search.models: slerp merges exactly one model into the base model")
+            raise ConfigError("space.models: slerp merges exactly one model into the base model")
         if self.num_layers < 1:
-            raise ConfigError("search.num_layers: must be at least 1")
+            raise ConfigError("space.num_layers: must be at least 1")
         lo, hi = self.weight_bounds
         if not lo < hi:
-            raise ConfigError(f"search.weight_bounds: lower {lo} must be below upper {hi}")
+            raise ConfigError(f"space.weight_bounds: lower {lo} must be below upper {hi}")
         if not 0 < self.density_min <= 1:
-            raise ConfigError("search.density_min: must be in (0, 1]")
+            raise ConfigError("space.density_min: must be in (0, 1]")
         if self.groups is None:
             k = max(1, int(self.layers_per_group))
             self.groups = [list(range(s, min(s + k, self.num_layers))) for s in range(0, self.num_layers, k)]
         else:
             flat = sorted(i for g in self.groups for i in g)
             if flat != list(range(self.num_layers)):
-                raise ConfigError(f"search.groups: must cover layers 0..{self.num_layers - 1} exactly once")
+                raise ConfigError(f"space.groups: must cover layers 0..{self.num_layers - 1} exactly once")
         self._coords = self._layout()
         self._lower = np.array([self._bounds(c[0])[0] for c in self._coords])
         self._upper = np.array([self._bounds(c[0])[1] for c in self._coords])
