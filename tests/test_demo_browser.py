@@ -14,7 +14,7 @@ import pytest
 
 from evomm.demo import browser
 from evomm.demo.config import config_from
-from evomm.demo.fixtures import example_image, fabricate_run, tiny_sdxl_pipelines, tiny_vlm_pair
+from evomm.demo.fixtures import example_image, fabricate_run, short_evolution, tiny_sdxl_pipelines, tiny_vlm_pair
 from evomm.metrics.language import ScriptLanguageDetector
 
 QUESTION = "この図形は何色ですか？"
@@ -36,8 +36,8 @@ def setup(tmp_path_factory):
     if not shipped.has_sdxl:
         sdxl = tiny_sdxl_pipelines(root / "sdxl")
         args += ["--sdxl", f"merged={sdxl['merged']}", "--sdxl-parents", f"japanese={sdxl['japanese']}"]
-    fabricate_run(root / "runs" / "toy_seed0", seed=0, generations=4)
-    fabricate_run(root / "runs" / "toy_seed1", seed=1, generations=4)
+    short_evolution(root / "runs" / "short_evolution", root / "evolution_sources")  # the real engine
+    fabricate_run(root / "runs" / "with_report", seed=0, generations=4)  # + results.json / report.md
     args += ["--runs-root", str(root / "runs")]
     image = example_image(root / "upload" / "circle.png", seed=1)
     not_image = root / "upload" / "notes.png"
@@ -69,22 +69,30 @@ def test_vlm_tab_refuses_a_non_image_with_a_message_and_keeps_serving(setup):
     assert answers["vlm-answer-merged"].strip()
 
 
-def test_dashboard_shows_plots_table_and_recipe_of_a_run(setup):
+def test_dashboard_shows_an_evolution_run(setup):
     page, *_ = setup
-    browser.open_dashboard(page)
+    browser.open_dashboard(page, run="short_evolution")
     page.wait_for_function("() => document.querySelector('#run-genome img')?.naturalWidth > 0", timeout=30_000)
     table = page.locator("#run-table")
-    table.get_by_text("ps_dfs", exact=True).first.wait_for(timeout=30_000)
-    assert table.get_by_text("keyword_acc").first.is_visible()
+    table.get_by_text("best_fitness").first.wait_for(timeout=30_000)  # best fitness per stage
+    assert re.search(r"\bps_dfs\b", table.inner_text())
     assert "type: dfs" in page.locator("#run-recipe").inner_text()
     assert page.locator("#run-download").is_visible()
     assert re.search(r"DFS path — \d+ layers: ", page.locator("#run-dfs").inner_text())
     # another stage of the same run: the PS recipe replaces the DFS one
-    page.locator("#run-stage input").click()
-    page.get_by_role("option", name="ps", exact=True).click()
+    browser.choose(page, "run-stage", "ps")
     page.wait_for_function(
         "() => (document.querySelector('#run-recipe')?.innerText || '').includes('merge_method')", timeout=30_000
     )
+
+
+def test_dashboard_shows_the_results_table_of_a_run(setup):
+    page, *_ = setup
+    browser.open_dashboard(page, run="with_report")
+    table = page.locator("#run-table")
+    table.get_by_text("keyword_acc").first.wait_for(timeout=30_000)
+    assert "best_uniform" in table.inner_text()
+    assert "Toy run" in page.locator("#run-report").inner_text()
 
 
 def test_text_to_image_tab_generates_an_image(setup):

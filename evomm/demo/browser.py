@@ -148,9 +148,28 @@ def generate_images(page, prompt: str, timeout_ms: int = ANSWER_TIMEOUT_MS) -> N
     )
 
 
-def open_dashboard(page, timeout_ms: int = 60_000) -> None:
-    """Open the dashboard tab and wait until the chosen run's fitness plot is drawn."""
+def choose(page, dropdown_id: str, option: str) -> None:
+    """Pick `option` in the gradio dropdown `#dropdown_id`."""
+    page.locator(f"#{dropdown_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def open_dashboard(page, run: str | None = None, timeout_ms: int = 60_000) -> None:
+    """Open the dashboard tab (on `run`, if given) and wait until a fitness plot is drawn."""
     page.get_by_role("tab", name="Evolution dashboard").click()
+    if run is not None:
+        page.locator("#run-select input").wait_for(timeout=timeout_ms)
+        page.wait_for_function(  # the first run is shown on load; wait for it before switching
+            "() => document.querySelector('#run-fitness img')?.naturalWidth > 0", timeout=timeout_ms
+        )
+        if page.locator("#run-select input").input_value() != run:
+            before = page.locator("#run-fitness img").first.get_attribute("src")
+            choose(page, "run-select", run)
+            page.wait_for_function(
+                "before => { const img = document.querySelector('#run-fitness img');"
+                " return img && img.getAttribute('src') !== before && img.naturalWidth > 0; }",
+                arg=before, timeout=timeout_ms,
+            )
     page.wait_for_function(
         "() => document.querySelector('#run-fitness img')?.naturalWidth > 0", timeout=timeout_ms
     )

@@ -207,3 +207,41 @@ def tiny_sdxl_pipelines(out: str | Path, names: tuple[str, ...] = ("merged", "ja
         pipe.save_pretrained(out / name, safe_serialization=True)
         paths[name] = out / name
     return paths
+
+
+def short_evolution(run_dir: str | Path, work_dir: str | Path, generations: int = 3, popsize: int = 4) -> Path:
+    """A real `evomm evolve` run in seconds: PS then PS+DFS over tiny Mistrals, synthetic fitness.
+
+    The fitness (`synthetic_logits`: closeness of the candidate's logits to a target model's)
+    needs no data, so the engine writes a complete multi-stage RUN_DIR — evaluations, plots,
+    best recipes, exported models — as a toy evolution would.
+    """
+    import yaml
+
+    from evomm.cli import main
+    from evomm.testing.tiny import save, tiny_mistral
+
+    work_dir = Path(work_dir)
+    sources = {
+        "base": str(save(tiny_mistral(base_seed=0), work_dir / "base")),
+        "english": str(save(tiny_mistral(seed=1, scale=0.02), work_dir / "english")),
+        "japanese": str(save(tiny_mistral(seed=2, scale=0.02), work_dir / "japanese")),
+    }
+    fitness = {"metric": "synthetic_logits", "options": {"target": "english"}}
+    config = {
+        "seed": 0,
+        "sources": sources,
+        "optimizer": {"name": "cmaes", "popsize": popsize, "generations": generations},
+        "stages": [
+            {"name": "ps", "fitness": fitness,
+             "space": {"type": "ps", "method": "task_arithmetic", "base_model": "base",
+                       "models": ["english", "japanese"], "layers_per_group": 1}},
+            {"name": "ps_dfs", "fitness": fitness,
+             "space": {"type": "dfs", "models": ["stage:ps", "japanese"], "repeats": 1, "max_length": 6}},
+        ],
+    }
+    config_path = work_dir / "evolve.yml"
+    config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    if main(["evolve", str(config_path), "--out", str(run_dir), "--no-progress"]) != 0:
+        raise RuntimeError("evomm evolve failed")
+    return Path(run_dir)
