@@ -27,7 +27,7 @@ def save_ps_model(recipe: dict[str, Any], model_dir: str | Path, card: dict[str,
 
     model_dir = Path(model_dir)
     with atomic_output_dir(model_dir, overwrite=True) as tmp:
-        merged = tmp / "merged"
+        merged = tmp / _title(card, model_dir)  # run_merge titles the card after its folder
         run_merge(Recipe.from_dict(recipe, source="best recipe"), merged, progress=False)
         for item in merged.iterdir():
             item.rename(tmp / item.name)
@@ -58,7 +58,7 @@ def save_dfs_model(spec: dict[str, Any], model_dir: str | Path, card: dict[str, 
             out_model.save_pretrained(tmp, safe_serialization=True)
         copy_aux_files(Path(spec["sources"][int(spec.get("embed_source", 0))]), tmp)
         (tmp / "dfs_spec.json").write_text(json.dumps(spec, indent=1))
-        title = f"# {model_dir.name}\n\nA data-flow-space (DFS) merge made with evomm: a path of " \
+        title = f"# {_title(card, model_dir)}\n\nA data-flow-space (DFS) merge made with evomm: a path of " \
                 f"{len(spec['path'])} layers through {len(spec['sources'])} source models.\n"
         (tmp / "README.md").write_text(
             "---\nlibrary_name: transformers\ntags: [merge, evomm, dfs]\n---\n\n" + title)
@@ -87,6 +87,11 @@ def load_decoder_source(path: str | Path, dtype=None):
     if model_type == "evomm_dfs":
         raise ConfigError(f"{path}: a saved DFS model cannot be a DFS source yet; use its PS sources")
     return AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
+
+
+def _title(card: dict[str, Any] | None, model_dir: Path) -> str:
+    stage = (card or {}).get("stage")
+    return f"evomm-{stage}" if stage else model_dir.name
 
 
 def _is_llava(model) -> bool:

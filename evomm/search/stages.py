@@ -241,7 +241,7 @@ def run_all(config: EvolveConfig, run_dir: str | Path, *, resume: bool = False, 
         from tqdm.auto import tqdm
 
         log = tqdm.write  # lines above the progress bar instead of through it
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()  # recipes and specs name stage models by absolute path
     sources = dict(config.sources)
     results: dict[str, dict[str, Any]] = {}
     for stage in config.stages:
