@@ -199,6 +199,8 @@ class SearchRun:
             optimizer = self.optimizer_factory()
             return state, optimizer, {}
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.run_dir.glob(".*.tmp"):  # temp files of writes a kill interrupted
+            stale.unlink(missing_ok=True)
         if ckpt.exists():
             # our own file, written by `_checkpoint` below (see optimizer.dumps for why pickle)
             with open(ckpt, "rb") as fh:
