@@ -23,8 +23,8 @@ QUESTION = "この図形は何色ですか？"
 PROMPT = "青い丸"
 
 
-def stand_in_args(work: Path) -> tuple[list[str], Path]:
-    """App flags for whatever the shipped assets lack, and an image to upload."""
+def stand_in_args(work: Path) -> tuple[list[str], Path, str | None]:
+    """App flags for whatever the shipped assets lack, an image to upload and its question."""
     shipped = config_from(None, env={})
     args: list[str] = []
     if shipped.merged is None or len(shipped.parents) < 2:
@@ -37,29 +37,31 @@ def stand_in_args(work: Path) -> tuple[list[str], Path]:
     if shipped.runs_root is None or not any(shipped.runs_root.iterdir()):
         fabricate_run(work / "runs" / "toy_evovlm_jp_seed0", seed=0)
         args += ["--runs-root", str(work / "runs")]
-    from evomm.demo.config import example_images
+    from evomm.demo.config import example_items
 
-    examples = example_images(shipped)
-    image = examples[0] if examples else example_image(work / "example.png", seed=1, size=128)
-    return args, image
+    examples = example_items(shipped)
+    if examples:
+        return args, examples[0][0], examples[0][1]
+    return args, example_image(work / "example.png", seed=1, size=128), None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "screenshots")
     parser.add_argument("--image", type=Path, help="image to upload in the VLM tab")
-    parser.add_argument("--question", default=QUESTION)
+    parser.add_argument("--question", help=f"question to ask (default: the example's, else {QUESTION})")
     parser.add_argument("--prompt", default=PROMPT)
     options, app_args = parser.parse_known_args(argv)
     options.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="evomm-shots-") as tmp:
         work = Path(tmp)
-        extra, image = stand_in_args(work) if not app_args else ([], None)
+        extra, image, question = stand_in_args(work) if not app_args else ([], None, None)
         image = options.image or image or example_image(work / "example.png", seed=1, size=128)
+        question = options.question or question or QUESTION
         with browser.demo_server(app_args + extra, log_path=work / "server.log") as url:
             with browser.chromium_page(width=1400, height=900) as page:
                 page.goto(url, wait_until="networkidle")
-                answers = browser.ask_vlm(page, image, options.question)
+                answers = browser.ask_vlm(page, image, question)
                 print("answers:", answers)
                 page.screenshot(path=str(options.out / "vlm.png"), full_page=True)
                 try:

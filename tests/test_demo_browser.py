@@ -36,6 +36,11 @@ def setup(tmp_path_factory):
     if not shipped.has_sdxl:
         sdxl = tiny_sdxl_pipelines(root / "sdxl")
         args += ["--sdxl", f"merged={sdxl['merged']}", "--sdxl-parents", f"japanese={sdxl['japanese']}"]
+    if not shipped.examples_dir:
+        from evomm.zoo.data import write_dataset
+
+        write_dataset(root / "examples", {"test": 3}, seed=0)  # the zoo's JSONL+PNG layout
+        args += ["--examples", str(root / "examples")]
     short_evolution(root / "runs" / "short_evolution", root / "evolution_sources")  # the real engine
     fabricate_run(root / "runs" / "with_report", seed=0, generations=4)  # + results.json / report.md
     args += ["--runs-root", str(root / "runs")]
@@ -56,6 +61,14 @@ def test_vlm_tab_answers_a_japanese_question_in_japanese(setup):
     assert merged.strip(), f"empty answer; server log:\n{log.read_text()[-3000:]}"
     assert ScriptLanguageDetector().is_japanese(merged), f"not Japanese: {merged!r}"
     assert len(answers) == 2 and all(a.strip() for a in answers.values())  # both parents, side by side
+
+
+def test_vlm_tab_example_fills_image_and_question(setup):
+    page, *_ = setup
+    answers = browser.ask_vlm(page, None, None, example=1)
+    question = page.locator("#vlm-question textarea").input_value()
+    assert ScriptLanguageDetector().is_japanese(question)  # the example's Japanese question
+    assert ScriptLanguageDetector().is_japanese(answers["vlm-answer-merged"])
 
 
 def test_vlm_tab_refuses_a_non_image_with_a_message_and_keeps_serving(setup):

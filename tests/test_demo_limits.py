@@ -18,6 +18,7 @@ from evomm.demo.limits import DemoInputError, DemoLimits, check_float, check_int
 from evomm.demo.paths import DemoPathError, resolve_within
 from evomm.demo.runs import list_runs, load_run, results_table
 from evomm.errors import ConfigError, EvommError
+from evomm.metrics.language import ScriptLanguageDetector
 
 LIMITS = DemoLimits(max_upload_bytes=200_000, max_image_pixels=512 * 512, max_prompt_chars=40, max_new_tokens=16)
 
@@ -324,3 +325,20 @@ def test_zoo_prompt_layout_matches_the_zoo_training_format(tmp_path):
     question = "この図形は何色ですか？"
     assert format_question(template, question, "<image>") == format_prompt(question, "<image>")
     assert format_question(template, question, None) == format_prompt(question)
+
+
+def test_examples_from_a_zoo_dataset_pair_images_with_japanese_questions(tmp_path):
+    from evomm.demo.config import example_items
+    from evomm.zoo.data import write_dataset
+
+    write_dataset(tmp_path / "data", {"test": 3}, seed=0)
+    items = example_items(DemoConfig(examples_dir=tmp_path / "data"))
+    assert len(items) == 3
+    assert all(p.is_file() and p.is_relative_to(tmp_path / "data") for p, _ in items)
+    assert all(ScriptLanguageDetector().is_japanese(q) for _, q in items)
+    assert len({q for _, q in items}) == 3  # one per question type
+
+    plain = tmp_path / "plain"
+    example_image(plain / "b.png")
+    example_image(plain / "a.png")
+    assert [(p.name, q) for p, q in example_items(DemoConfig(examples_dir=plain))] == [("a.png", None), ("b.png", None)]

@@ -117,14 +117,20 @@ def status_text(page) -> str:
     return page.locator("#vlm-status").inner_text()
 
 
-def ask_vlm(page, image: Path, question: str, timeout_ms: int = ANSWER_TIMEOUT_MS) -> dict[str, str]:
-    """Upload `image`, ask `question`, wait until every model answered; the answers by box id."""
+def ask_vlm(page, image: Path | None, question: str | None, example: int | None = None,
+            timeout_ms: int = ANSWER_TIMEOUT_MS) -> dict[str, str]:
+    """Upload `image` (or click example number `example`), ask `question` (or the example's),
+    wait until every model answered; return the answers by box id."""
     import re
 
     page.get_by_role("tab", name=re.compile("VLM")).click()
-    page.locator("#vlm-image input[type=file]").set_input_files(str(image))
+    if example is not None:
+        page.locator("#vlm-examples tr.tr-body").nth(example).click()
+    else:
+        page.locator("#vlm-image input[type=file]").set_input_files(str(image))
     page.locator("#vlm-image img").first.wait_for(timeout=30_000)
-    page.locator("#vlm-question textarea").fill(question)
+    if question is not None:
+        page.locator("#vlm-question textarea").fill(question)
     page.locator("#vlm-ask").click()
     page.wait_for_function(
         "() => (document.querySelector('#vlm-status')?.innerText || '').startsWith('done')", timeout=timeout_ms

@@ -34,7 +34,7 @@ DEFAULT_PARENTS = ("assets/zoo/english_vlm", "assets/zoo/japanese_lm")
 DEFAULT_SDXL = ("assets/sdxl_zoo/evosdxl_jp", "assets/sdxl_zoo/merged")
 DEFAULT_SDXL_PARENTS = ("assets/sdxl_zoo/japanese", "assets/sdxl_zoo/fewstep")
 DEFAULT_RUNS_ROOT = "runs"
-DEFAULT_EXAMPLES = ("assets/examples", "assets/zoo/examples")
+DEFAULT_EXAMPLES = ("assets/examples", "assets/zoo/examples", "assets/zoo/data")
 
 
 class ModelRef(BaseModel):
@@ -203,10 +203,51 @@ def config_from(args: argparse.Namespace | None = None, env: dict[str, str] | No
 
 
 def example_images(config: DemoConfig, limit: int = 8) -> list[Path]:
-    """Up to `limit` example images from the examples directory (sorted, PNG/JPEG only)."""
-    if config.examples_dir is None:
+    """Up to `limit` example images from the examples directory."""
+    return [path for path, _ in example_items(config, limit)]
+
+
+def example_items(config: DemoConfig, limit: int = 8) -> list[tuple[Path, str | None]]:
+    """(image, Japanese question or None) examples from the examples directory.
+
+    A directory in the toy zoo's JSONL+PNG format (`test.jsonl` with `image`, `question`,
+    `lang`, `type`) gives image-question pairs, one question type after another; any other
+    directory gives its PNG/JPEG files without questions.
+    """
+    import json
+
+    root = config.examples_dir
+    if root is None:
         return []
+    for name in ("test.jsonl", "fitness.jsonl"):
+        jsonl = root / name
+        if not jsonl.is_file():
+            continue
+        by_type: dict[str, list[tuple[Path, str]]] = {}
+        with jsonl.open(encoding="utf-8") as handle:
+            for line_number, line in enumerate(handle):
+                if line_number > 5000:
+                    break
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if record.get("lang", "ja") != "ja" or not isinstance(record.get("image"), str):
+                    continue
+                image = (root / record["image"]).resolve()
+                if image.is_relative_to(root.resolve()) and image.is_file() and isinstance(record.get("question"), str):
+                    by_type.setdefault(str(record.get("type", "")), []).append((image, record["question"]))
+        items: list[tuple[Path, str | None]] = []
+        queues = list(by_type.values())
+        while queues and len(items) < limit:
+            for queue in list(queues):
+                if queue and len(items) < limit:
+                    items.append(queue.pop(0))
+                if not queue:
+                    queues.remove(queue)
+        if items:
+            return items
     files = sorted(
-        p for p in config.examples_dir.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"} and p.is_file()
+        p for p in root.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"} and p.is_file()
     )
-    return files[:limit]
+    return [(p, None) for p in files[:limit]]

@@ -13,14 +13,13 @@ import functools
 import inspect
 import logging
 import re
-import tempfile
 from pathlib import Path
 
 import gradio as gr
 from PIL import Image
 
 from evomm.demo.chat import sees_images
-from evomm.demo.config import ENV_RUNS_ROOT, ENV_SDXL, DemoConfig, example_images
+from evomm.demo.config import ENV_RUNS_ROOT, ENV_SDXL, DemoConfig, example_items
 from evomm.demo.handlers import DemoHandlers, DemoInternalError
 from evomm.demo.limits import DemoInputError
 
@@ -79,7 +78,11 @@ def _load_plot(path: Path | None) -> Image.Image | None:
 
 def build_app(config: DemoConfig, handlers: DemoHandlers | None = None) -> gr.Blocks:
     """The `gr.Blocks` app for `config` (queue configured; call `.launch()` on it)."""
-    handlers = handlers or DemoHandlers(config, upload_roots=[Path(tempfile.gettempdir())])
+    if handlers is None:
+        from gradio.utils import get_upload_folder
+
+        # images come from gradio's upload folder (uploads, cached examples) or the examples dir
+        handlers = DemoHandlers(config, upload_roots=[Path(get_upload_folder())])
     limits = config.limits
 
     with gr.Blocks(title="evomm — evolutionary model merging demo") as app:
@@ -112,16 +115,19 @@ def _vlm_tab(config: DemoConfig, handlers: DemoHandlers) -> None:
                 height=260,
                 elem_id="vlm-image",
             )
-            examples = example_images(config)
-            if examples:
-                gr.Examples(examples=[[str(p)] for p in examples], inputs=[image], label="例 Examples",
-                            examples_per_page=8, elem_id="vlm-examples")
+            examples = example_items(config)
             question = gr.Textbox(
                 value=DEFAULT_QUESTION,
                 label=f"質問 Question (≤ {limits.max_prompt_chars} characters)",
                 lines=2,
                 elem_id="vlm-question",
             )
+            if examples and all(q for _, q in examples):
+                gr.Examples(examples=[[str(p), q] for p, q in examples], inputs=[image, question],
+                            label="例 Examples", examples_per_page=8, elem_id="vlm-examples")
+            elif examples:
+                gr.Examples(examples=[[str(p)] for p, _ in examples], inputs=[image], label="例 Examples",
+                            examples_per_page=8, elem_id="vlm-examples")
             with gr.Accordion("生成設定 Generation settings", open=False):
                 max_new_tokens = gr.Slider(1, limits.max_new_tokens, value=min(48, limits.max_new_tokens),
                                            step=1, label="Max new tokens")
