@@ -94,3 +94,4 @@ def build_evaluator(ctx: FitnessContext) -> Evaluator:
 # built-in fitness functions register themselves on import
 register_provider("synthetic_target", "evomm.search.synthetic")
 register_provider("synthetic_logits", "evomm.search.synthetic")
+register_provider("sdxl_clip_score", "evomm.search.fitness_sdxl")
