@@ -94,3 +94,13 @@ def test_config_errors_are_one_clear_line(zoo, mutate, message):
         parse_config(config, where="evolve.yml")
     text = str(info.value)
     assert message in text and "\n" not in text and text.startswith("evolve.yml: ")
+
+
+def test_unknown_fitness_fails_before_the_run_starts(zoo, tmp_path, capsys):
+    config = _config(zoo)
+    config["stages"][0]["fitness"]["metric"] = "rouge_jp"
+    config_path = tmp_path / "bad.yml"
+    config_path.write_text(yaml.safe_dump(config))
+    assert main(["evolve", str(config_path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert "unknown fitness 'rouge_jp'" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "ps" / "evaluations.jsonl").exists()

@@ -24,7 +24,7 @@ import yaml
 from evomm.errors import ConfigError, SearchError
 from evomm.search.backends import make_backend
 from evomm.search.config import STAGE_REF, DFSSpaceConfig, EvolveConfig, PSSpaceConfig, StageConfig
-from evomm.search.fitness import FitnessContext, build_evaluator
+from evomm.search.fitness import FitnessContext, build_evaluator, get_fitness
 from evomm.search.optimizer import make_optimizer
 from evomm.search.run import SearchResult, SearchRun, atomic_write_text
 
@@ -141,6 +141,7 @@ def run_stage(
         return json.loads(done.read_text())
     space = build_space(stage.space, sources, config.seed)
     ctx = fitness_context(config, stage, sources, run_dir=out)
+    get_fitness(ctx.metric)  # an unknown metric fails now, not at the first evaluation
     opt_cfg = stage.optimizer
     assert opt_cfg is not None
     seed = config.seed if opt_cfg.seed is None else opt_cfg.seed
