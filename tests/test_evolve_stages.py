@@ -104,3 +104,9 @@ def test_unknown_fitness_fails_before_the_run_starts(zoo, tmp_path, capsys):
     assert main(["evolve", str(config_path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     assert "unknown fitness 'rouge_jp'" in capsys.readouterr().err
     assert not (tmp_path / "run" / "ps" / "evaluations.jsonl").exists()
+    # fixed, the same command starts the run in the same folder
+    config["stages"][0]["fitness"]["metric"] = "synthetic_logits"
+    config["stages"] = config["stages"][:1]
+    config_path.write_text(yaml.safe_dump(config))
+    assert main(["evolve", str(config_path), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert "synthetic_logits" in (tmp_path / "run" / "config.yml").read_text()

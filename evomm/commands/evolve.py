@@ -37,11 +37,13 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(config.num_threads)
         out = Path(args.out)
-        if out.exists() and any(out.iterdir()) and not args.resume:
+        config_copy = out / "config.yml"
+        # a run that stopped before its first evaluation left only config.yml: start it afresh
+        used = out.exists() and any(p != config_copy for p in out.iterdir())
+        if used and not args.resume:
             raise EvommError(f"{out} is not empty; pass --resume to continue the run there, or choose a new --out")
         out.mkdir(parents=True, exist_ok=True)
-        config_copy = out / "config.yml"
-        if not config_copy.exists():
+        if not used or not config_copy.exists():
             atomic_write_text(config_copy, Path(args.config).read_text(encoding="utf-8"))
         results = run_all(config, out, resume=args.resume, progress=not args.no_progress)
     except EvommError as exc:
