@@ -132,7 +132,7 @@ def test_failure_during_writing_leaves_nothing(zoo, tmp_path, capsys, monkeypatc
     ({"colour": 1}, "colour: unknown key"),
     ({"evomm": {"architecture": "gpt"}}, "evomm.architecture: Input should be"),
     ({"parameters": {"t": 0.5}}, "parameters.t: unknown parameter for ties"),
-    ({"slices": [{"sources": []}]}, "slices: not supported"),
+    ({"slices": [{"sources": []}]}, "slices: give either models: or slices:"),
     ({"base_model": None}, "base_model: required by merge_method ties"),
 ])
 def test_validation_errors_name_the_key(zoo, patch, message):

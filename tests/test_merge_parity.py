@@ -45,6 +45,13 @@ def _recipes(p):
             "parameters": {"t": [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]}, {"value": 0.5}]},
             "models": [{"model": base}, {"model": a}],
         },
+        # mergekit's best-known recipe shape: one slice over all layers
+        "slerp_slices": {
+            "slices": [{"sources": [{"model": base, "layer_range": [0, 4]}, {"model": b, "layer_range": [0, 4]}]}],
+            "merge_method": "slerp", "base_model": base, "dtype": "float32",
+            "parameters": {"t": [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
+                                 {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]}, {"value": 0.5}]},
+        },
     }
 
 
@@ -57,7 +64,7 @@ def _mergekit(cfg: dict, out) -> dict[str, torch.Tensor]:
     return load_file(out / "model.safetensors")
 
 
-@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp"])
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "slerp_slices"])
 def test_matches_mergekit(family, tmp_path, method):
     from evomm.merge.execute import run_merge
 
@@ -97,3 +104,18 @@ def test_gradient_and_filter_resolution_match_mergekit():
             expected = mk_evaluate(name, mk_setting, t, validate=lambda v: v)
             got = evaluate_setting(ours, name, t)
             assert got == pytest.approx(expected), (setting, name, t)
+
+
+def test_partial_slices_are_refused(family, tmp_path):
+    from evomm.errors import ConfigError
+    from evomm.merge.execute import run_merge
+
+    cfg = _recipes(family)["slerp_slices"]
+    cfg["slices"][0]["sources"] = [{"model": family["base"], "layer_range": [0, 2]},
+                                   {"model": family["ft2"], "layer_range": [2, 4]}]
+    with pytest.raises(ConfigError, match="must cover all of its 4 layers"):
+        run_merge(Recipe.from_dict(cfg), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    cfg["slices"].append(cfg["slices"][0])
+    with pytest.raises(ConfigError, match="only one slice"):
+        Recipe.from_dict(cfg)

@@ -128,6 +128,10 @@ def build_plan(recipe: Recipe, models: dict[str, ModelInput]) -> MergePlan:
     """Check the models against each other and list one task per output tensor."""
     primary = _choose_primary(recipe, models)
     arch = _check_architectures(recipe, models, primary)
+    for ref, (start, end) in recipe._layer_ranges.items():
+        if (start, end) != (0, models[ref].adapter.num_layers):
+            raise ConfigError(f"slices: layer_range [{start}, {end}] of {ref} must cover all of its "
+                              f"{models[ref].adapter.num_layers} layers (partial ranges are not supported)")
     prim = models[primary]
     tasks = []
     for name in prim.source.keys():

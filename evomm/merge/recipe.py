@@ -50,19 +50,37 @@ class ConditionalValue(BaseModel):
 ParameterSetting = Union[Scalar, list[Scalar], ConditionalValue, list[ConditionalValue]]
 
 
+def _model_ref(value: Any) -> Any:
+    """mergekit also writes a model as `{path: ...}` or `{model: {path: ...}}`."""
+    if isinstance(value, dict) and "path" in value:
+        return value["path"]
+    if isinstance(value, dict) and isinstance(value.get("model"), dict):
+        return value["model"].get("path", value)
+    return value
+
+
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
     parameters: dict[str, ParameterSetting] | None = None
 
-    @field_validator("model", mode="before")
-    @classmethod
-    def _model_ref(cls, value: Any) -> Any:
-        if isinstance(value, dict) and "path" in value:  # mergekit's {model: {path: ...}}
-            return value["path"]
-        if isinstance(value, dict) and "model" in value and isinstance(value["model"], dict):
-            return value["model"].get("path", value)
-        return value
+    _model_ref = field_validator("model", mode="before")(lambda cls, v: _model_ref(v))
+
+
+class SliceSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    layer_range: tuple[int, int]
+    parameters: dict[str, ParameterSetting] | None = None
+
+    _model_ref = field_validator("model", mode="before")(lambda cls, v: _model_ref(v))
+
+
+class SliceDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sources: list[SliceSource]
+    base_model: str | None = None
+    parameters: dict[str, ParameterSetting] | None = None
 
 
 class EvommSection(BaseModel):
@@ -84,7 +102,7 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
     merge_method: str
     models: list[ModelEntry] | None = None
-    slices: list[Any] | None = None
+    slices: list[SliceDefinition] | None = None
     base_model: str | None = None
     parameters: dict[str, ParameterSetting] | None = None
     dtype: str | None = None
@@ -94,6 +112,8 @@ class Recipe(BaseModel):
     name: str | None = None
     evomm: EvommSection = Field(default_factory=EvommSection)
     _resolver: Any = PrivateAttr(default=None)
+    #: from a `slices:` recipe: model -> the layer range it named (checked against the model)
+    _layer_ranges: dict[str, tuple[int, int]] = PrivateAttr(default_factory=dict)
 
     @field_validator("base_model", mode="before")
     @classmethod
@@ -124,7 +144,7 @@ class Recipe(BaseModel):
     @model_validator(mode="after")
     def _structure(self) -> "Recipe":
         if self.slices is not None:
-            raise ValueError("slices: not supported by evomm merge; list whole models under models:")
+            self._fold_slices()
         if not self.models:
             raise ValueError("models: at least one model is required")
         info = self.method
@@ -154,6 +174,27 @@ class Recipe(BaseModel):
                     raise ValueError(f"{where}.parameters.{name}: required by {self.merge_method} "
                                      f"for {ref} (set it for the model or under parameters:)")
         return self
+
+    def _fold_slices(self) -> None:
+        """mergekit's `slices:` with one slice over all layers means the same as `models:`."""
+        if self.models:
+            raise ValueError("slices: give either models: or slices:, not both")
+        if len(self.slices) != 1:
+            raise ValueError("slices: only one slice (covering every layer) is supported; "
+                             "frankenmerges that stack layer ranges are not")
+        (piece,) = self.slices
+        lengths = {b - a for a, b in (s.layer_range for s in piece.sources)}
+        if len(lengths) > 1:
+            raise ValueError("slices[0].sources: every layer_range must have the same length")
+        if piece.base_model is not None:
+            if self.base_model not in (None, piece.base_model):
+                raise ValueError("slices[0].base_model: differs from base_model")
+            self.base_model = piece.base_model
+        # precedence as in mergekit: a source's own parameters, then the slice's, then global
+        self.parameters = {**(self.parameters or {}), **(piece.parameters or {})} or None
+        self.models = [ModelEntry(model=s.model, parameters=s.parameters) for s in piece.sources]
+        self._layer_ranges = {s.model: tuple(s.layer_range) for s in piece.sources}
+        self.slices = None
 
     # -- queries -------------------------------------------------------------------------
 
