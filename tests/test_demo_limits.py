@@ -17,7 +17,7 @@ from evomm.demo.handlers import DemoHandlers
 from evomm.demo.limits import DemoInputError, DemoLimits, check_float, check_int, check_prompt, open_image_upload
 from evomm.demo.paths import DemoPathError, resolve_within
 from evomm.demo.runs import list_runs, load_run, results_table
-from evomm.errors import ConfigError, EvommError
+from evomm.errors import ConfigError
 from evomm.metrics.language import ScriptLanguageDetector
 
 LIMITS = DemoLimits(max_upload_bytes=200_000, max_image_pixels=512 * 512, max_prompt_chars=40, max_new_tokens=16)
