@@ -8,6 +8,13 @@ A recipe names the models, the method, and its parameters. A parameter value may
 - filtered by tensor name: a list of `{filter: self_attn, value: ...}` entries, the first whose
   filter is a substring of the tensor name wins (no filter / `*` matches everything).
 
+For an SDXL UNet the "layers" are its blocks (see `evomm.adapters.sdxl`), so a list with one
+value per block gives each block its value.
+
+mergekit's `slices:` form is accepted when it is one slice whose sources all cover every
+layer (the usual SLERP recipe); it means the same as `models:`. Stacked layer ranges
+(frankenmerges) are refused with an error.
+
 Per-model parameters (e.g. `weight`, `density`) are looked up in the model's `parameters:`
 first, then in the top-level `parameters:`; method-wide ones (`normalize`, `lambda`, `t`) only
 at the top level. Method parameters come from the registry in `evomm.merge.methods`.
