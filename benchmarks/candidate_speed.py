@@ -38,14 +38,25 @@ def build_models(layers: int, hidden: int, vocab: int, seed: int = 0):
     return base, tunes, target
 
 
-def median_time(fn, reps: int) -> float:
-    fn()  # warm-up (compiles, fills caches)
-    times = []
+def paired_times(floor, candidate, reps: int) -> tuple[float, float, float]:
+    """Median floor time, median candidate time and median of per-rep ratios.
+
+    Each repetition times the floor right before the candidate, so slow drifts in machine load
+    (other jobs on a shared machine) cancel in the ratio.
+    """
+    floor()
+    candidate()  # warm-up: compiles kernels, fills caches
+    floors, cands, ratios = [], [], []
     for _ in range(reps):
         start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        floor()
+        mid = time.perf_counter()
+        candidate()
+        end = time.perf_counter()
+        floors.append(mid - start)
+        cands.append(end - mid)
+        ratios.append((end - mid) / (mid - start))
+    return statistics.median(floors), statistics.median(cands), statistics.median(ratios)
 
 
 def layer_params(names, merged, method, layers: int, rng):
@@ -95,8 +106,11 @@ def main() -> None:
             torch.lerp(tunes[0][k], tunes[1][k], 0.4, out=target[k])
 
     with torch.no_grad():
-        floor_s = median_time(floor, args.reps)
-    print(f"floor (torch.lerp of two state dicts into the model): {floor_s * 1000:.1f} ms")
+        floor()
+        start = time.perf_counter()
+        floor()
+    print(f"floor (torch.lerp of two state dicts into the model): {(time.perf_counter() - start) * 1000:.1f} ms "
+          "(re-timed before every candidate below)")
 
     models = {"base": base, "a": tunes[0], "b": tunes[1]}
     routes = {k: Route({ref: k for ref in models}) for k in names}
@@ -115,19 +129,19 @@ def main() -> None:
                 seeds = iter(range(2, 10_000))
                 variants = [("fixed seed", variants[0][1]), ("new seed", lambda: mat.materialize(params, seed=next(seeds)))]
             for label, fn in variants:
-                t = median_time(fn, args.reps)
-                ratio = t / floor_s
+                with torch.no_grad():
+                    floor_s, t, ratio = paired_times(floor, fn, args.reps)
                 goal = goals.get(method)
                 verdict = "" if goal is None else ("meets" if ratio <= goal else "MISSES") + f" {goal:.0f}x target"
-                rows.append((f"{method} {label}".strip(), mode, t, ratio, setup_s, verdict))
-                print(f"{rows[-1][0]:<22} {mode:<9} {t * 1000:8.1f} ms  {ratio:5.2f}x floor  "
-                      f"(setup {setup_s:5.1f} s)  {verdict}", flush=True)
+                rows.append((f"{method} {label}".strip(), mode, t, ratio, floor_s, verdict))
+                print(f"{rows[-1][0]:<22} {mode:<9} {t * 1000:8.1f} ms  floor {floor_s * 1000:6.1f} ms  "
+                      f"ratio {ratio:5.2f}x  (setup {setup_s:5.1f} s)  {verdict}", flush=True)
             del mat, params, variants
             gc.collect()
 
-    print("\nsummary (median of", args.reps, "reps; floor", f"{floor_s * 1000:.1f} ms)")
-    for name, mode, t, ratio, _, verdict in rows:
-        print(f"  {name:<22} {mode:<9} {ratio:5.2f}x  {verdict}")
+    print(f"\nsummary (median over {args.reps} paired reps of candidate time / floor time)")
+    for name, mode, t, ratio, floor_s, verdict in rows:
+        print(f"  {name:<22} {mode:<9} {ratio:5.2f}x  ({t * 1000:.0f} ms vs {floor_s * 1000:.0f} ms)  {verdict}")
 
 
 if __name__ == "__main__":

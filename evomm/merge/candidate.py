@@ -288,7 +288,7 @@ class CandidateMaterializer:
                 t = t[:rows]
             if tuple(t.shape) != shape:
                 raise ShapeMismatchError(f"{name}: {ref} has shape {list(t.shape)}, the target {list(shape)}")
-            return t.detach().to(torch.float32).reshape(-1)
+            return t.detach().to(device=region.device, dtype=torch.float32).reshape(-1)
 
         flat = region.reshape(-1) if region.is_contiguous() else None
         if flat is None or flat.data_ptr() != region.data_ptr():
@@ -306,7 +306,7 @@ class CandidateMaterializer:
             slot.base = base
             slot.inputs = [load(ref) - base for ref in self.merged]
             if kind == "ties":
-                slot.sorted_abs = [d.abs().sort().values for d in slot.inputs]
+                slot.sorted_abs = [_sorted_magnitudes(d) for d in slot.inputs]
         return slot
 
     @property
@@ -365,7 +365,7 @@ class CandidateMaterializer:
 
     def _call(self, kind: str, out: Tensor, tensors: Sequence[Tensor], rest: Sequence[Any]) -> None:
         direct = out.dtype == torch.float32
-        dest = out if direct else self._scratch_for(out.numel())
+        dest = out if direct else self._scratch_for(out.numel(), out.device)
         fused = self._kernel(kind)
         if fused is not None:
             try:
@@ -381,48 +381,49 @@ class CandidateMaterializer:
         if not direct:
             out.copy_(dest)
 
-    def _scratch_for(self, numel: int, key: str = "out") -> Tensor:
+    def _scratch_for(self, numel: int, device: torch.device, key: str = "out") -> Tensor:
         """A reusable float32 buffer of at least `numel` elements (no allocation per candidate)."""
         buf = self._scratch.get(key)
-        if buf is None or buf.numel() < numel:
-            buf = self._scratch[key] = torch.empty(numel, dtype=torch.float32)
+        if buf is None or buf.numel() < numel or buf.device != device:
+            buf = self._scratch[key] = torch.empty(numel, dtype=torch.float32, device=device)
         return buf[:numel]
 
     def _write(self, slot: _Merged, kw: dict[str, Any], seed: int) -> None:
         method = self.method
         n = len(self.merged)
+        dev = slot.target.device
         if method == "slerp":
             c_a, c_b = M.slerp_coefficients_from_stats(*slot.slerp_stats, float(kw["t"]))
-            self._call("slerp", slot.target, (slot.base, slot.inputs[0]), (_scalar(c_a), _scalar(c_b)))
+            self._call("slerp", slot.target, (slot.base, slot.inputs[0]), (_scalar(c_a, dev), _scalar(c_b, dev)))
             return
-        weights = _vector(kw["weights"])
+        weights = _vector(kw["weights"], dev)
         if method == "linear":
             divisor = 1.0
             if kw["normalize"]:
                 divisor = float(sum(kw["weights"]))
                 if divisor == 0:
                     raise ConfigError("linear: the weights sum to 0, so they cannot be normalized (set normalize: false)")
-            self._call("linear", slot.target, (slot.inputs,), (weights, _scalar(divisor)))
+            self._call("linear", slot.target, (slot.inputs,), (weights, _scalar(divisor, dev)))
             return
-        lam = _scalar(kw["lambda_"])
+        lam = _scalar(kw["lambda_"], dev)
         if method == "task_arithmetic":
-            self._call("sum", slot.target, (slot.base, slot.inputs), (weights, _scalar(_sum_divisor(kw)), lam))
+            self._call("sum", slot.target, (slot.base, slot.inputs), (weights, _scalar(_sum_divisor(kw), dev), lam))
             return
         if method == "ties":
-            thresholds = _vector([self._threshold(slot, i, rho) for i, rho in enumerate(kw["densities"])])
+            thresholds = _vector([self._threshold(slot, i, rho) for i, rho in enumerate(kw["densities"])], dev)
             self._call("ties", slot.target, (slot.base, slot.inputs), (thresholds, weights, lam, bool(kw["normalize"])))
             return
         # DARE: keep where the model's 16-bit random value < its threshold; density >= 1 keeps all, unscaled
         densities = [float(d) for d in kw["densities"]]
-        keep_below = _vector([32768 if d >= 1 else (-32768 if d <= 0 else M.dare_keep_threshold(d)) for d in densities])
-        rescale = _vector([d if (kw["rescale"] and 0 < d < 1) else 1.0 for d in densities])
+        keep_below = _vector([32768 if d >= 1 else (-32768 if d <= 0 else M.dare_keep_threshold(d)) for d in densities], dev)
+        rescale = _vector([d if (kw["rescale"] and 0 < d < 1) else 1.0 for d in densities], dev)
         bits = self._dare_bits(slot, M.tensor_seed(seed, slot.name), n)
         consensus = method == "dare_ties"
         self._call(
             "dare",
             slot.target,
             (slot.base, slot.inputs, bits),
-            (keep_below, rescale, weights, _scalar(_sum_divisor(kw)), lam, bool(kw["normalize"]), consensus),
+            (keep_below, rescale, weights, _scalar(_sum_divisor(kw), dev), lam, bool(kw["normalize"]), consensus),
         )
 
     def _threshold(self, slot: _Merged, model: int, density: float) -> float:
@@ -443,14 +444,19 @@ class CandidateMaterializer:
         if slot.bits is not None and slot.bits_seed == tensor_seed:
             return slot.bits
         if self.cache_dare_bits:
-            bits = [torch.empty(slot.numel, dtype=torch.float32) for _ in range(n)]
+            bits = [torch.empty(slot.numel, dtype=torch.float32, device=slot.target.device) for _ in range(n)]
         else:
-            bits = [self._scratch_for(slot.numel, f"bits{i}") for i in range(n)]
+            bits = [self._scratch_for(slot.numel, slot.target.device, f"bits{i}") for i in range(n)]
         for i, buf in enumerate(bits):
             buf.copy_(M.draw_mask_bits(M.dare_bit_stream(tensor_seed, i), slot.numel))
         if self.cache_dare_bits:
             slot.bits, slot.bits_seed = bits, tensor_seed
         return bits
+
+
+def _sorted_magnitudes(delta: Tensor) -> Tensor:
+    """|delta| in ascending order (numpy's SIMD sort is ~10x faster than torch.sort on CPU)."""
+    return torch.from_numpy(np.sort(delta.abs().cpu().numpy())).to(delta.device)
 
 
 def _fetch(models: Mapping[str, Mapping[str, Tensor]], ref: str, name: str, shape) -> Tensor:
@@ -465,12 +471,12 @@ def _fetch(models: Mapping[str, Mapping[str, Tensor]], ref: str, name: str, shap
     return tensor
 
 
-def _vector(values: Sequence[float]) -> Tensor:
-    return torch.tensor([float(v) for v in values], dtype=torch.float32)
+def _vector(values: Sequence[float], device: torch.device) -> Tensor:
+    return torch.tensor([float(v) for v in values], dtype=torch.float32, device=device)
 
 
-def _scalar(value: float) -> Tensor:
-    return torch.tensor(float(value), dtype=torch.float32)
+def _scalar(value: float, device: torch.device) -> Tensor:
+    return torch.tensor(float(value), dtype=torch.float32, device=device)
 
 
 def _sum_divisor(kw: Mapping[str, Any]) -> float:
