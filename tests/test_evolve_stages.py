@@ -110,3 +110,35 @@ def test_unknown_fitness_fails_before_the_run_starts(zoo, tmp_path, capsys):
     config_path.write_text(yaml.safe_dump(config))
     assert main(["evolve", str(config_path), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     assert "synthetic_logits" in (tmp_path / "run" / "config.yml").read_text()
+
+
+def test_llava_x_llm_ps_then_dfs_gives_a_loadable_vlm(zoo, tmp_path):
+    """The EvoVLM-JP shape: PS over an English VLM and a Japanese LM, then DFS over the PS
+    result and the LM; both results load as LLaVA models and generate."""
+    from transformers import LlavaForConditionalGeneration
+
+    import evomm.models.dfs  # noqa: F401 - registers the DFS config class with transformers
+    from evomm.testing.tiny import save, tiny_llava
+
+    sources = {"base": zoo["base"], "ja": zoo["b"], "vlm": str(save(tiny_llava(seed=7, scale=0.02), tmp_path / "vlm"))}
+    config = {
+        "seed": 0, "sources": sources,
+        "optimizer": {"name": "cmaes", "popsize": 2, "generations": 1},
+        "fitness": {"metric": "synthetic_logits", "options": {"target": "ja"}},
+        "output": {"plots": False},
+        "stages": [
+            {"name": "ps", "space": {"type": "ps", "method": "task_arithmetic", "base_model": "base",
+                                     "models": ["vlm", "ja"], "evomm": {"keep_from": "vlm"}}},
+            {"name": "ps_dfs", "space": {"type": "dfs", "models": ["stage:ps", "ja"], "repeats": 2, "max_length": 6}},
+        ],
+    }
+    config_path = tmp_path / "vlm.yml"
+    config_path.write_text(yaml.safe_dump(config))
+    assert main(["evolve", str(config_path), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    ids = torch.randint(3, 120, (1, 5), generator=torch.Generator().manual_seed(0))
+    for stage in ("ps", "ps_dfs"):
+        model = LlavaForConditionalGeneration.from_pretrained(tmp_path / "run" / stage / "model").eval()
+        out = model.generate(input_ids=ids, max_new_tokens=3, do_sample=False)
+        assert out.shape == (1, 8)
+    spec = yaml.safe_load((tmp_path / "run" / "ps_dfs" / "best_recipe.yml").read_text())
+    assert model.config.text_config.num_hidden_layers == len(spec["path"])
