@@ -342,3 +342,19 @@ def test_examples_from_a_zoo_dataset_pair_images_with_japanese_questions(tmp_pat
     example_image(plain / "b.png")
     example_image(plain / "a.png")
     assert [(p.name, q) for p, q in example_items(DemoConfig(examples_dir=plain))] == [("a.png", None), ("b.png", None)]
+
+
+def test_a_saved_dfs_merge_of_a_llava_loads_and_answers(tiny_setup, tmp_path):
+    """DFS merges are saved as a LLaVA around an `evomm_dfs` decoder; the demo must serve them too."""
+    from evomm.demo.chat import GenerationSettings, ModelCache, compare, sees_images
+    from evomm.search.export import save_dfs_model
+
+    config, root = tiny_setup
+    spec = {"type": "dfs", "sources": [str(config.merged.path), str(config.parents[1].path)],
+            "path": [[0, 0], [1, 1], [0, 2], [1, 3], [0, 3]], "scales": [1.0, 1.1, 0.9, 1.0, 1.2]}
+    model_dir = save_dfs_model(spec, tmp_path / "dfs_model")
+    assert sees_images(model_dir)
+    image = Image.open(root / "examples" / "circle.png").convert("RGB")
+    answers = list(compare(ModelCache(), [ModelRef(name="dfs", path=model_dir)], image, "何色ですか？",
+                           GenerationSettings(max_new_tokens=6)))
+    assert ScriptLanguageDetector().is_japanese(answers[-1][0])
