@@ -241,3 +241,12 @@ def test_sdxl_single_file_primary_writes_a_single_file(unets, tmp_path):
     torch.testing.assert_close(out.get("model.diffusion_model.input_blocks.0.0.weight"),
                                0.5 * single.get("model.diffusion_model.input_blocks.0.0.weight")
                                + 0.5 * ft1["conv_in.weight"])
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(zoo, tmp_path, capsys):
+    recipe = {"merge_method": "linear", "models": [{"model": str(zoo["vlm"]), "parameters": {"weight": 1.0}},
+                                                   {"model": str(zoo["ft1"]), "parameters": {"weight": 1.0}}]}
+    assert _run(tmp_path, recipe, "--dry-run") == 0
+    printed = capsys.readouterr().out
+    assert "architecture: llava_x_llm" in printed and "first 128 rows merged" in printed
+    assert not (tmp_path / "out").exists()

@@ -23,17 +23,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-threads", type=int, default=1, help="torch CPU threads (default: 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the recipe and models and print the plan; write nothing")
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from evomm.merge.execute import run_merge
+    from evomm.merge.execute import describe_plan, plan_merge, run_merge
     from evomm.merge.recipe import load_recipe
 
     torch.set_num_threads(max(1, args.num_threads))
     try:
         recipe = load_recipe(args.config)
+        if args.dry_run:
+            plan = plan_merge(recipe, allow_pickle=args.allow_pickle, base_dir=Path(args.config).resolve().parent)
+            print(describe_plan(plan))
+            return 0
         out = run_merge(recipe, args.out_dir, allow_pickle=args.allow_pickle, device=args.device,
                         base_dir=Path(args.config).resolve().parent, progress=not args.no_progress,
                         overwrite=args.overwrite)

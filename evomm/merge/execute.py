@@ -121,6 +121,31 @@ def write_metadata(plan: MergePlan, out_dir: Path, base_dir: Path | None = None,
     write_model_card(plan, out_dir, title=title)
 
 
+def describe_plan(plan: MergePlan) -> str:
+    """A short human-readable summary of a plan (what `evomm merge --dry-run` prints)."""
+    prim = plan.primary_input
+    merged = [t for t in plan.tasks if t.merge]
+    lines = [f"architecture: {plan.architecture}; method: {plan.recipe.merge_method}",
+             f"output layout, config and unmerged parts from: {plan.primary}"]
+    for ref, model in plan.models.items():
+        lines.append(f"  {ref}: {model.adapter.describe()}")
+    lines.append(f"tensors: {len(merged)} merged, {len(plan.tasks) - len(merged)} copied")
+    vocab = [t for t in merged if t.rows is not None]
+    for t in vocab:
+        lines.append(f"  {t.name}: first {t.rows} rows merged, rows {t.rows}..{t.shape[0] - 1} from {plan.primary}")
+    groups = prim.adapter.layer_groups()
+    lines.append(f"layer groups ({len(groups)}; a gradient list walks over these): {', '.join(groups)}")
+    return "\n".join(lines)
+
+
+def plan_merge(recipe: Recipe, *, allow_pickle: bool = False, base_dir: Path | None = None) -> MergePlan:
+    """Open the models and plan + check the merge without computing anything."""
+    models = open_models(recipe, allow_pickle=allow_pickle, base_dir=base_dir)
+    plan = build_plan(recipe, models)
+    check_plan_tokenizers(plan)
+    return plan
+
+
 def run_merge(recipe: Recipe, out_dir: str | Path, *, allow_pickle: bool = False, device: str = "cpu",
               base_dir: Path | None = None, progress: bool = True, overwrite: bool = False) -> Path:
     """Plan, check and run `recipe`, writing a loadable checkpoint to `out_dir` atomically."""
