@@ -358,3 +358,14 @@ def test_a_saved_dfs_merge_of_a_llava_loads_and_answers(tiny_setup, tmp_path):
     answers = list(compare(ModelCache(), [ModelRef(name="dfs", path=model_dir)], image, "何色ですか？",
                            GenerationSettings(max_new_tokens=6)))
     assert ScriptLanguageDetector().is_japanese(answers[-1][0])
+
+
+def test_text_to_image_tab_says_when_no_sdxl_model_is_configured(tiny_setup):
+    from evomm.demo.ui import build_app
+
+    config, _ = tiny_setup
+    assert not config.has_sdxl
+    app = build_app(config)
+    by_id = {block.elem_id: block for block in app.blocks.values() if getattr(block, "elem_id", None)}
+    assert "No SDXL model is configured" in by_id["t2i-missing"].value
+    assert by_id["t2i-generate"].interactive is False
