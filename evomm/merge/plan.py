@@ -7,7 +7,6 @@ in seconds with one clear line, before any output is written.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from evomm.errors import ArchitectureError, ConfigError, MissingTensorError, Sha
 from evomm.io import TensorSource, open_source, resolve_model_path
 from evomm.merge.recipe import Recipe
 
-log = logging.getLogger(__name__)
 
 
 @dataclass
