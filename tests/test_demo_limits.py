@@ -369,3 +369,14 @@ def test_text_to_image_tab_says_when_no_sdxl_model_is_configured(tiny_setup):
     by_id = {block.elem_id: block for block in app.blocks.values() if getattr(block, "elem_id", None)}
     assert "No SDXL model is configured" in by_id["t2i-missing"].value
     assert by_id["t2i-generate"].interactive is False
+
+
+def test_without_a_merged_model_the_newest_runs_best_vlm_is_served(tiny_setup, tmp_path):
+    import shutil
+
+    config, _ = tiny_setup
+    run = fabricate_run(tmp_path / "runs" / "toy", seed=0, generations=2, plots=False)
+    shutil.copytree(config.merged.path, run / "ps_dfs" / "model")
+    chosen = config_from(None, env={"EVOMM_DEMO_RUNS_ROOT": str(tmp_path / "runs")}, base=tmp_path)
+    assert chosen.merged.path == (run / "ps_dfs" / "model").resolve()
+    assert chosen.merged.name == "evolved (toy/ps_dfs)"

@@ -90,6 +90,31 @@ def _first_existing(candidates: tuple[str, ...], base: Path) -> Path | None:
     return next((base / c for c in candidates if (base / c).is_dir()), None)
 
 
+def latest_run_model(runs_root: Path | None) -> ModelRef | None:
+    """The best VLM of the newest run under `runs_root` (its last stage's exported `model/`)."""
+    import json
+
+    from evomm.demo.runs import list_runs, load_run
+
+    if runs_root is None or not runs_root.is_dir():
+        return None
+    for name in list_runs(runs_root):
+        view = load_run(runs_root, name)
+        for stage in reversed(view.stages):
+            model = (view.path / stage / "model").resolve()
+            config_file = model / "config.json"
+            if not (model.is_relative_to(view.path) and config_file.is_file()):
+                continue
+            try:
+                model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+            except (ValueError, OSError):
+                continue
+            if model_type in ("llava", "llava_next"):
+                label = name if stage == "." else f"{name}/{stage}"
+                return ModelRef(name=f"evolved ({label})", path=model)
+    return None
+
+
 def zoo_prompt(refs: list[ModelRef]) -> str | None:
     """The prompt layout a toy zoo was trained with (its `build_info.json`), if a model is from one."""
     import json
@@ -163,6 +188,8 @@ def config_from(args: argparse.Namespace | None = None, env: dict[str, str] | No
     runs_root = Path(runs_text).expanduser() if runs_text else base / DEFAULT_RUNS_ROOT
     if runs_text and not runs_root.is_dir():
         raise ConfigError(f"runs root not found: {runs_text!r}")
+    if merged is None:  # no merged model given or shipped: the newest evolution run's best VLM
+        merged = latest_run_model(runs_root.resolve() if runs_root.is_dir() else None)
     if examples_text:
         examples_dir = Path(examples_text).expanduser()
         if not examples_dir.is_dir():
