@@ -161,7 +161,9 @@ def run_stage(
         backend = make_backend("inprocess", factory)
     settings = {
         "space": stage.space.model_dump(), "fitness": stage.fitness.model_dump() if stage.fitness else None,
-        "optimizer": opt_cfg.model_dump(), "seed": config.seed, "sources": sources, "dim": space.dim,
+        # the budget is left out: resuming an unfinished run with a larger budget extends it
+        "optimizer": opt_cfg.model_dump(exclude={"generations", "max_evaluations"}),
+        "seed": config.seed, "sources": sources, "dim": space.dim,
     }
 
     def on_generation(summary) -> None:
