@@ -223,3 +223,11 @@ def test_bad_input_is_a_clear_error():
         CandidateMaterializer(target, models, {}, "ties")
     with pytest.raises(ConfigError, match="slerp: cannot merge 2"):
         CandidateMaterializer(target, models, {}, "slerp", base="base")
+
+
+def test_mask_bits_drawn_in_pieces_equal_one_draw():
+    from evomm.merge.candidate import fill_mask_bits
+
+    out = torch.empty(1001)
+    fill_mask_bits(M.dare_bit_stream(3, 1), out, chunk=10)  # 8-value pieces and a partial tail
+    assert torch.equal(out, M.draw_mask_bits(M.dare_bit_stream(3, 1), 1001).float())

@@ -38,12 +38,13 @@ import torch
 from torch import Tensor
 
 from evomm.errors import ConfigError, MissingTensorError, ShapeMismatchError
+from evomm.merge import kernels as K
 from evomm.merge import methods as M
 
 log = logging.getLogger(__name__)
 
-#: Elements per chunk in eager mode: a few float32 scratch tensors of this size fit in L2.
-DEFAULT_CHUNK = 1 << 15
+#: Elements per chunk in eager mode: the scratch tensors of a chunk stay in cache.
+DEFAULT_CHUNK = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -81,106 +82,6 @@ def routes_from_tasks(tasks: Iterable[Any], primary: str) -> dict[str, Route]:
         inputs = dict(task.inputs) if task.merge else {primary: task.name}
         routes[task.name] = Route(inputs, merge=task.merge, rows=task.rows, keep_from=primary)
     return routes
-
-
-# ----------------------------------------------------------------------------- kernels
-# One function per method family, written once with torch ops: compiled, each is a single
-# fused pass over a tensor; in eager mode it runs over chunks small enough to stay in cache.
-# Scalars arrive as tensors so that compiled kernels are not re-specialised per candidate.
-
-
-def _weighted_sum(xs: list[Tensor], weights: Tensor) -> Tensor:
-    total = xs[0] * weights[0]
-    for i in range(1, len(xs)):
-        total = total + xs[i] * weights[i]
-    return total
-
-
-def _linear_kernel(out: Tensor, sources: list[Tensor], weights: Tensor, divisor: Tensor) -> None:
-    out.copy_(_weighted_sum(sources, weights) / divisor)
-
-
-def _sum_kernel(out: Tensor, base: Tensor, deltas: list[Tensor], weights: Tensor, divisor: Tensor, lam: Tensor) -> None:
-    out.copy_(base + _weighted_sum(deltas, weights) / divisor * lam)
-
-
-def _elect(out: Tensor, base: Tensor, xs: list[Tensor], weights: Tensor, lam: Tensor, normalize: bool) -> None:
-    """TIES's sign election over weighted, sparsified task vectors `xs`."""
-    total = xs[0]
-    for i in range(1, len(xs)):
-        total = total + xs[i]
-    positive = total >= 0
-    mixed = None
-    divisor = None
-    for i, x in enumerate(xs):
-        agree = torch.where(positive, x > 0, x < 0)
-        term = torch.where(agree, x, 0.0)
-        mixed = term if mixed is None else mixed + term
-        if normalize:
-            w = torch.where(agree, weights[i], 0.0)
-            divisor = w if divisor is None else divisor + w
-    if normalize:
-        mixed = mixed / torch.where(divisor == 0, 1.0, divisor)
-    out.copy_(base + mixed * lam)
-
-
-def _ties_kernel(
-    out: Tensor, base: Tensor, deltas: list[Tensor], thresholds: Tensor, weights: Tensor, lam: Tensor, normalize: bool
-) -> None:
-    xs = [torch.where(d.abs() >= thresholds[i], d, 0.0) * weights[i] for i, d in enumerate(deltas)]
-    _elect(out, base, xs, weights, lam, normalize)
-
-
-def _dare_kernel(
-    out: Tensor,
-    base: Tensor,
-    deltas: list[Tensor],
-    bits: list[Tensor],
-    keep_below: Tensor,
-    rescale: Tensor,
-    weights: Tensor,
-    divisor: Tensor,
-    lam: Tensor,
-    normalize: bool,
-    consensus: bool,
-) -> None:
-    xs = [torch.where(b < keep_below[i], d / rescale[i], 0.0) * weights[i] for i, (d, b) in enumerate(zip(deltas, bits))]
-    if consensus:
-        _elect(out, base, xs, weights, lam, normalize)
-    else:
-        total = xs[0]
-        for i in range(1, len(xs)):
-            total = total + xs[i]
-        out.copy_(base + total / divisor * lam)
-
-
-def _slerp_kernel(out: Tensor, a: Tensor, b: Tensor, c_a: Tensor, c_b: Tensor) -> None:
-    out.copy_(a * c_a + b * c_b)
-
-
-_KERNELS: dict[str, Callable[..., None]] = {
-    "linear": _linear_kernel,
-    "sum": _sum_kernel,
-    "ties": _ties_kernel,
-    "dare": _dare_kernel,
-    "slerp": _slerp_kernel,
-}
-_COMPILED: dict[str, Callable[..., None]] = {}
-
-
-def _compiled(kind: str) -> Callable[..., None]:
-    if kind not in _COMPILED:
-        _COMPILED[kind] = torch.compile(_KERNELS[kind], dynamic=True, fullgraph=True)
-    return _COMPILED[kind]
-
-
-def _run_chunked(kernel: Callable[..., None], chunk: int, out: Tensor, tensors: Sequence[Any], rest: Sequence[Any]) -> None:
-    """Run `kernel(out, *tensors, *rest)` chunk by chunk; `tensors` are flat tensors or lists of them."""
-    numel = out.shape[-1]
-    for start in range(0, numel, chunk):
-        stop = min(numel, start + chunk)
-        pieces = [[x[start:stop] for x in t] if isinstance(t, list) else t[start:stop] for t in tensors]
-        kernel(out[start:stop], *pieces, *rest)
 
 
 # ----------------------------------------------------------------------------- per-tensor state
@@ -248,7 +149,7 @@ class CandidateMaterializer:
         self.cache_dare_bits = cache_dare_bits
         self._compile = compile
         self._slots: dict[str, _Merged] = {}
-        self._scratch: dict[str, Tensor] = {}
+        self._scratch = K.Scratch()
         self._setup(target, models, routes, progress)
 
     # ------------------------------------------------------------------ setup
@@ -350,81 +251,78 @@ class CandidateMaterializer:
                 raise ConfigError(f"{self.method}: parameter {name!r} is missing for some merged models")
         return self.spec.bind(per_model, global_, len(self.merged))
 
-    def _kernel(self, kind: str) -> Callable[..., None] | None:
-        """The compiled kernel, or None for the chunked eager one."""
+    def _fused(self, kind: str) -> Callable[..., None] | None:
+        """The compiled kernel, or None where eager mode is asked for or compiling failed."""
         if self._compile is False:
             return None
         try:
-            return _compiled(kind)
+            return K.fused(kind)
         except Exception as exc:  # noqa: BLE001 - no compiler here: eager is correct, just slower
-            if self._compile:
-                raise
-            log.warning("torch.compile unavailable (%s); merging candidates in eager mode", exc)
-            self._compile = False
-            return None
+            return self._give_up_compiling(exc)
 
-    def _call(self, kind: str, out: Tensor, tensors: Sequence[Tensor], rest: Sequence[Any]) -> None:
+    def _give_up_compiling(self, exc: Exception) -> None:
+        if self._compile:
+            raise exc
+        log.warning("torch.compile does not work here (%s); merging candidates in eager mode", exc)
+        self._compile = False
+        return None
+
+    def _call(self, kind: str, out: Tensor, tensors: Sequence[Any], values: dict[str, Any]) -> None:
+        """Run method family `kind` into `out`: fused if possible, else eager."""
         direct = out.dtype == torch.float32
-        dest = out if direct else self._scratch_for(out.numel(), out.device)
-        fused = self._kernel(kind)
-        if fused is not None:
+        dest = out if direct else self._scratch.get("out", out.numel(), out.device)
+        kernel = self._fused(kind)
+        done = False
+        if kernel is not None:
             try:
-                fused(dest, *tensors, *rest)
-            except Exception as exc:  # noqa: BLE001 - compile errors surface at first call
-                if self._compile:
-                    raise
-                log.warning("torch.compile failed (%s); merging candidates in eager mode", exc)
-                self._compile = False
-                _run_chunked(_KERNELS[kind], self.chunk_size, dest, tensors, rest)
-        else:
-            _run_chunked(_KERNELS[kind], self.chunk_size, dest, tensors, rest)
+                kernel(dest, *tensors, *(_as_tensor(v, dest.device) for v in values.values()))
+                done = True
+            except Exception as exc:  # noqa: BLE001 - compile errors surface at the first call
+                self._give_up_compiling(exc)
+        if not done:
+            K.EAGER[kind](dest, *tensors, *values.values(), chunk=self.chunk_size, scratch=self._scratch)
         if not direct:
             out.copy_(dest)
 
-    def _scratch_for(self, numel: int, device: torch.device, key: str = "out") -> Tensor:
-        """A reusable float32 buffer of at least `numel` elements (no allocation per candidate)."""
-        buf = self._scratch.get(key)
-        if buf is None or buf.numel() < numel or buf.device != device:
-            buf = self._scratch[key] = torch.empty(numel, dtype=torch.float32, device=device)
-        return buf[:numel]
-
     def _write(self, slot: _Merged, kw: dict[str, Any], seed: int) -> None:
         method = self.method
-        n = len(self.merged)
-        dev = slot.target.device
         if method == "slerp":
             c_a, c_b = M.slerp_coefficients_from_stats(*slot.slerp_stats, float(kw["t"]))
-            self._call("slerp", slot.target, (slot.base, slot.inputs[0]), (_scalar(c_a, dev), _scalar(c_b, dev)))
+            self._call("slerp", slot.target, (slot.base, slot.inputs[0]), {"c_a": c_a, "c_b": c_b})
             return
-        weights = _vector(kw["weights"], dev)
+        weights = [float(w) for w in kw["weights"]]
         if method == "linear":
             divisor = 1.0
             if kw["normalize"]:
-                divisor = float(sum(kw["weights"]))
+                divisor = float(sum(weights))
                 if divisor == 0:
                     raise ConfigError("linear: the weights sum to 0, so they cannot be normalized (set normalize: false)")
-            self._call("linear", slot.target, (slot.inputs,), (weights, _scalar(divisor, dev)))
+            self._call("linear", slot.target, (slot.inputs,), {"weights": weights, "divisor": divisor})
             return
-        lam = _scalar(kw["lambda_"], dev)
+        lam = float(kw["lambda_"])
         if method == "task_arithmetic":
-            self._call("sum", slot.target, (slot.base, slot.inputs), (weights, _scalar(_sum_divisor(kw), dev), lam))
+            values = {"weights": weights, "divisor": _sum_divisor(kw), "lam": lam}
+            self._call("sum", slot.target, (slot.base, slot.inputs), values)
             return
         if method == "ties":
-            thresholds = _vector([self._threshold(slot, i, rho) for i, rho in enumerate(kw["densities"])], dev)
-            self._call("ties", slot.target, (slot.base, slot.inputs), (thresholds, weights, lam, bool(kw["normalize"])))
+            thresholds = [self._threshold(slot, i, rho) for i, rho in enumerate(kw["densities"])]
+            values = {"thresholds": thresholds, "weights": weights, "lam": lam, "normalize": bool(kw["normalize"])}
+            self._call("ties", slot.target, (slot.base, slot.inputs), values)
             return
         # DARE: keep where the model's 16-bit random value < its threshold; density >= 1 keeps all, unscaled
         densities = [float(d) for d in kw["densities"]]
-        keep_below = _vector([32768 if d >= 1 else (-32768 if d <= 0 else M.dare_keep_threshold(d)) for d in densities], dev)
-        rescale = _vector([d if (kw["rescale"] and 0 < d < 1) else 1.0 for d in densities], dev)
-        bits = self._dare_bits(slot, M.tensor_seed(seed, slot.name), n)
-        consensus = method == "dare_ties"
-        self._call(
-            "dare",
-            slot.target,
-            (slot.base, slot.inputs, bits),
-            (keep_below, rescale, weights, _scalar(_sum_divisor(kw), dev), lam, bool(kw["normalize"]), consensus),
-        )
+        values = {
+            "keep_below": [32768.0 if d >= 1 else (-32768.0 if d <= 0 else float(M.dare_keep_threshold(d)))
+                           for d in densities],
+            "rescale": [d if (kw["rescale"] and 0 < d < 1) else 1.0 for d in densities],
+            "weights": weights,
+            "divisor": _sum_divisor(kw),
+            "lam": lam,
+            "normalize": bool(kw["normalize"]),
+            "consensus": method == "dare_ties",
+        }
+        bits = self._dare_bits(slot, M.tensor_seed(seed, slot.name), len(self.merged))
+        self._call("dare", slot.target, (slot.base, slot.inputs, bits), values)
 
     def _threshold(self, slot: _Merged, model: int, density: float) -> float:
         """The k-th largest |task vector| of `model` (keep |x| >= it), from the sorted magnitudes."""
@@ -438,20 +336,35 @@ class CandidateMaterializer:
     def _dare_bits(self, slot: _Merged, tensor_seed: int, n: int) -> list[Tensor]:
         """Each merged model's 16-bit DARE random values for this tensor, as float32.
 
-        Float32 (exact for 16-bit integers) keeps the fused kernel vectorised; with
-        `cache_dare_bits` they are kept per tensor while the seed stays the same.
+        Float32 (exact for 16-bit integers) keeps the fused kernel vectorised. With
+        `cache_dare_bits` they are kept per tensor while the seed stays the same (the search's
+        usual case); a new seed refills the same buffers.
         """
         if slot.bits is not None and slot.bits_seed == tensor_seed:
             return slot.bits
+        device = slot.target.device
         if self.cache_dare_bits:
-            bits = [torch.empty(slot.numel, dtype=torch.float32, device=slot.target.device) for _ in range(n)]
+            bits = slot.bits or [torch.empty(slot.numel, dtype=torch.float32, device=device) for _ in range(n)]
         else:
-            bits = [self._scratch_for(slot.numel, slot.target.device, f"bits{i}") for i in range(n)]
+            bits = [self._scratch.get(f"bits{i}", slot.numel, device) for i in range(n)]
         for i, buf in enumerate(bits):
-            buf.copy_(M.draw_mask_bits(M.dare_bit_stream(tensor_seed, i), slot.numel))
+            fill_mask_bits(M.dare_bit_stream(tensor_seed, i), buf)
         if self.cache_dare_bits:
             slot.bits, slot.bits_seed = bits, tensor_seed
         return bits
+
+
+def fill_mask_bits(stream: np.random.SFC64, out: Tensor, chunk: int = 1 << 20) -> Tensor:
+    """Fill `out` with `methods.draw_mask_bits(stream, out.numel())`, drawn piece by piece.
+
+    Small pieces reuse the same memory and stay in cache for the cast; the stream is consumed
+    exactly as by one large draw (pieces are multiples of 4 values, one 64-bit draw each).
+    """
+    chunk -= chunk % 4
+    for start in range(0, out.numel(), chunk):
+        stop = min(out.numel(), start + chunk)
+        out[start:stop].copy_(M.draw_mask_bits(stream, stop - start))
+    return out
 
 
 def _sorted_magnitudes(delta: Tensor) -> Tensor:
@@ -471,11 +384,12 @@ def _fetch(models: Mapping[str, Mapping[str, Tensor]], ref: str, name: str, shap
     return tensor
 
 
-def _vector(values: Sequence[float], device: torch.device) -> Tensor:
-    return torch.tensor([float(v) for v in values], dtype=torch.float32, device=device)
-
-
-def _scalar(value: float, device: torch.device) -> Tensor:
+def _as_tensor(value: Any, device: torch.device) -> Any:
+    """Scalars and per-model lists as float32 tensors for the compiled kernels; flags stay bools."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (list, tuple)):
+        return torch.tensor([float(v) for v in value], dtype=torch.float32, device=device)
     return torch.tensor(float(value), dtype=torch.float32, device=device)
 
 

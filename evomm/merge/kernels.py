@@ -1,0 +1,250 @@
+"""The arithmetic of in-memory candidates, in two forms with the same results.
+
+`evomm.merge.candidate` calls one function per method family for each merged tensor:
+
+- fused (`fused(kind)`): the method written with plain torch ops and compiled with
+  `torch.compile`, so that a tensor is one pass over memory (read the sources, write the
+  target). Scalars come as tensors, so candidates don't trigger recompilation;
+- eager (`EAGER[kind]`): for machines where compiling does not work. It walks the tensor in
+  chunks that stay in cache, writes into reusable scratch buffers, and uses only float ops
+  (hardshrink, heaviside, lerp, clamp), which are several times faster in eager torch than
+  boolean masks and `where`.
+
+Both agree with `evomm.merge.methods` to float32 rounding (tests/test_candidate.py).
+Per-model values are lists in merge order; `xs` are the weighted, sparsified task vectors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+# ----------------------------------------------------------------------------- fused
+
+
+def _weighted_sum(xs: list[Tensor], weights: Tensor) -> Tensor:
+    total = xs[0] * weights[0]
+    for i in range(1, len(xs)):
+        total = total + xs[i] * weights[i]
+    return total
+
+
+def _fused_linear(out: Tensor, sources: list[Tensor], weights: Tensor, divisor: Tensor) -> None:
+    out.copy_(_weighted_sum(sources, weights) / divisor)
+
+
+def _fused_sum(out: Tensor, base: Tensor, deltas: list[Tensor], weights: Tensor, divisor: Tensor, lam: Tensor) -> None:
+    out.copy_(base + _weighted_sum(deltas, weights) / divisor * lam)
+
+
+def _fused_elect(out: Tensor, base: Tensor, xs: list[Tensor], weights: Tensor, lam: Tensor, normalize: bool) -> None:
+    """TIES's sign election: keep the entries whose sign agrees with the summed mass."""
+    total = xs[0]
+    for i in range(1, len(xs)):
+        total = total + xs[i]
+    positive = total >= 0
+    mixed = None
+    divisor = None
+    for i, x in enumerate(xs):
+        agree = torch.where(positive, x > 0, x < 0)
+        term = torch.where(agree, x, 0.0)
+        mixed = term if mixed is None else mixed + term
+        if normalize:
+            w = torch.where(agree, weights[i], 0.0)
+            divisor = w if divisor is None else divisor + w
+    if normalize:
+        mixed = mixed / torch.where(divisor == 0, 1.0, divisor)
+    out.copy_(base + mixed * lam)
+
+
+def _fused_ties(
+    out: Tensor, base: Tensor, deltas: list[Tensor], thresholds: Tensor, weights: Tensor, lam: Tensor, normalize: bool
+) -> None:
+    xs = [torch.where(d.abs() >= thresholds[i], d, 0.0) * weights[i] for i, d in enumerate(deltas)]
+    _fused_elect(out, base, xs, weights, lam, normalize)
+
+
+def _fused_dare(
+    out: Tensor,
+    base: Tensor,
+    deltas: list[Tensor],
+    bits: list[Tensor],
+    keep_below: Tensor,
+    rescale: Tensor,
+    weights: Tensor,
+    divisor: Tensor,
+    lam: Tensor,
+    normalize: bool,
+    consensus: bool,
+) -> None:
+    xs = [torch.where(b < keep_below[i], d / rescale[i], 0.0) * weights[i] for i, (d, b) in enumerate(zip(deltas, bits))]
+    if consensus:
+        _fused_elect(out, base, xs, weights, lam, normalize)
+    else:
+        total = xs[0]
+        for i in range(1, len(xs)):
+            total = total + xs[i]
+        out.copy_(base + total / divisor * lam)
+
+
+def _fused_slerp(out: Tensor, a: Tensor, b: Tensor, c_a: Tensor, c_b: Tensor) -> None:
+    out.copy_(a * c_a + b * c_b)
+
+
+_FUSED_SOURCES: dict[str, Callable[..., None]] = {
+    "linear": _fused_linear,
+    "sum": _fused_sum,
+    "ties": _fused_ties,
+    "dare": _fused_dare,
+    "slerp": _fused_slerp,
+}
+_COMPILED: dict[str, Callable[..., None]] = {}
+
+
+def fused(kind: str) -> Callable[..., None]:
+    """The compiled kernel of a method family (compiled on first use, shared by all callers)."""
+    if kind not in _COMPILED:
+        _COMPILED[kind] = torch.compile(_FUSED_SOURCES[kind], dynamic=True, fullgraph=True)
+    return _COMPILED[kind]
+
+
+# ----------------------------------------------------------------------------- eager
+
+
+class Scratch:
+    """Reusable float32 buffers: eager kernels allocate nothing per candidate."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Tensor] = {}
+
+    def get(self, key: str, numel: int, device: torch.device) -> Tensor:
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < numel or buf.device != device:
+            buf = self._buffers[key] = torch.empty(numel, dtype=torch.float32, device=device)
+        return buf[:numel]
+
+
+def _chunks(numel: int, chunk: int):
+    for start in range(0, numel, chunk):
+        yield start, min(numel, start + chunk)
+
+
+def eager_linear(out: Tensor, sources: list[Tensor], weights: Sequence[float], divisor: float, *,
+                 chunk: int, scratch: Scratch) -> None:
+    for s, e in _chunks(out.numel(), chunk):
+        o = out[s:e]
+        torch.mul(sources[0][s:e], weights[0], out=o)
+        for x, w in zip(sources[1:], weights[1:]):
+            o.add_(x[s:e], alpha=w)
+        if divisor != 1:
+            o.div_(divisor)
+
+
+def eager_sum(out: Tensor, base: Tensor, deltas: list[Tensor], weights: Sequence[float], divisor: float, lam: float,
+              *, chunk: int, scratch: Scratch) -> None:
+    for s, e in _chunks(out.numel(), chunk):
+        o = out[s:e]
+        torch.mul(deltas[0][s:e], weights[0], out=o)
+        for x, w in zip(deltas[1:], weights[1:]):
+            o.add_(x[s:e], alpha=w)
+        if divisor != 1:
+            o.div_(divisor)
+        if lam != 1:
+            o.mul_(lam)
+        o.add_(base[s:e])
+
+
+def eager_slerp(out: Tensor, a: Tensor, b: Tensor, c_a: float, c_b: float, *, chunk: int, scratch: Scratch) -> None:
+    for s, e in _chunks(out.numel(), chunk):
+        torch.mul(a[s:e], c_a, out=out[s:e]).add_(b[s:e], alpha=c_b)
+
+
+def _below(value: float) -> float:
+    """The largest float32 below `value`: hardshrink keeps |x| > it, i.e. |x| >= value."""
+    v = torch.tensor(value, dtype=torch.float32)
+    return float(torch.nextafter(v, torch.zeros_like(v)))
+
+
+def _eager_elect(out: Tensor, base: Tensor, xs: list[Tensor], weights: Sequence[float], lam: float,
+                 normalize: bool, scratch: Scratch) -> None:
+    """TIES's sign election on one chunk with float ops only (see `_fused_elect`)."""
+    m, dev = out.numel(), out.device
+    zero = torch.zeros((), device=dev)
+    one = torch.ones((), device=dev)
+    total, h, pos, tmp = (scratch.get(k, m, dev) for k in ("total", "h", "pos", "tmp"))
+    torch.add(xs[0], xs[1], out=total) if len(xs) > 1 else total.copy_(xs[0])
+    for x in xs[2:]:
+        total.add_(x)
+    torch.heaviside(total, one, out=h)  # 1 where the elected sign is + (sum >= 0), else 0
+    torch.clamp_min(xs[0], 0, out=pos)
+    for x in xs[1:]:
+        pos.add_(torch.clamp_min(x, 0, out=tmp))
+    neg = total.sub_(pos)  # the sum of the negative entries
+    mixed = torch.lerp(neg, pos, h, out=neg)  # h selects exactly: pos where h == 1, neg where 0
+    if normalize:
+        dpos, dneg = scratch.get("dpos", m, dev), scratch.get("dneg", m, dev)
+        dpos.zero_()
+        dneg.zero_()
+        for x, w in zip(xs, weights):
+            dpos.add_(torch.heaviside(x, zero, out=tmp), alpha=w)  # weight of entries > 0
+            dneg.add_(torch.heaviside(torch.neg(x, out=tmp), zero, out=tmp), alpha=w)  # of entries < 0
+        divisor = torch.lerp(dneg, dpos, h, out=dneg)
+        torch.heaviside(torch.abs(divisor, out=tmp).neg_(), one, out=tmp)  # 1 where divisor == 0
+        mixed.div_(divisor.add_(tmp))
+    torch.add(base, mixed, alpha=lam, out=out)
+
+
+def eager_ties(out: Tensor, base: Tensor, deltas: list[Tensor], thresholds: Sequence[float], weights: Sequence[float],
+               lam: float, normalize: bool, *, chunk: int, scratch: Scratch) -> None:
+    live = [i for i, t in enumerate(thresholds) if t != math.inf]  # density 0 drops a model entirely
+    if not live:
+        out.copy_(base)
+        return
+    shrink = {i: (None if thresholds[i] <= 0 else _below(thresholds[i])) for i in live}
+    for s, e in _chunks(out.numel(), chunk):
+        xs = []
+        for j, i in enumerate(live):
+            x = scratch.get(f"x{j}", e - s, out.device)
+            if shrink[i] is None:
+                torch.mul(deltas[i][s:e], weights[i], out=x)
+            else:
+                torch.hardshrink(deltas[i][s:e], shrink[i], out=x).mul_(weights[i])
+            xs.append(x)
+        _eager_elect(out[s:e], base[s:e], xs, [weights[i] for i in live], lam, normalize, scratch)
+
+
+def eager_dare(out: Tensor, base: Tensor, deltas: list[Tensor], bits: list[Tensor], keep_below: Sequence[float],
+               rescale: Sequence[float], weights: Sequence[float], divisor: float, lam: float, normalize: bool,
+               consensus: bool, *, chunk: int, scratch: Scratch) -> None:
+    for s, e in _chunks(out.numel(), chunk):
+        xs = []
+        for i, (d, b) in enumerate(zip(deltas, bits)):
+            x = scratch.get(f"x{i}", e - s, out.device)
+            # bits are integers as floats: clamp(keep_below - bits, 0, 1) is 1 where bits < keep_below, else 0
+            torch.clamp(torch.neg(b[s:e], out=x).add_(keep_below[i]), 0, 1, out=x)
+            x.mul_(d[s:e]).div_(rescale[i]).mul_(weights[i])
+            xs.append(x)
+        if consensus:
+            _eager_elect(out[s:e], base[s:e], xs, weights, lam, normalize, scratch)
+        else:
+            o = out[s:e]
+            torch.add(xs[0], xs[1], out=o) if len(xs) > 1 else o.copy_(xs[0])
+            for x in xs[2:]:
+                o.add_(x)
+            if divisor != 1:
+                o.div_(divisor)
+            if lam != 1:
+                o.mul_(lam)
+            o.add_(base[s:e])
+
+
+EAGER: dict[str, Callable[..., None]] = {
+    "linear": eager_linear,
+    "sum": eager_sum,
+    "ties": eager_ties,
+    "dare": eager_dare,
+    "slerp": eager_slerp,
+}
