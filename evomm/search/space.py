@@ -3,6 +3,12 @@
 CMA-ES sees only flat real vectors inside box bounds; a search space turns such a vector into
 a candidate description (plain JSON-able data: a merge recipe, a DFS path) and back. Keeping
 the optimizer ignorant of models is what lets PS, DFS and PS+DFS share one loop.
+
+Optional, used when present: `layer_table(x) -> (row labels, rows x layers matrix)` for the
+per-layer heatmap in genome.png (PS), and `encode(...)` to build a vector from readable values.
+A decoded spec with `"type": "dfs"` is drawn as a layer path. Evaluators must be
+deterministic given the spec: a resumed run re-evaluates candidates and must get the same
+fitness.
 """
 
 from __future__ import annotations
