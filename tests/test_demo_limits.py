@@ -193,8 +193,9 @@ def test_a_run_with_missing_files_says_what_is_missing(tmp_path):
 # --- configuration ---------------------------------------------------------------------------
 
 def test_config_reads_flags_then_environment(tmp_path):
-    (tmp_path / "m").mkdir()
-    (tmp_path / "p1").mkdir()
+    for name in ("m", "p1"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
     (tmp_path / "runs").mkdir()
     env = {"EVOMM_DEMO_MERGED": str(tmp_path / "m"), "EVOMM_DEMO_PARENTS": f"英語VLM={tmp_path / 'p1'}",
            "EVOMM_DEMO_RUNS_ROOT": str(tmp_path / "runs"), "EVOMM_DEMO_THREADS": "2"}
@@ -208,6 +209,9 @@ def test_config_reads_flags_then_environment(tmp_path):
 def test_config_rejects_missing_model_dirs_with_one_line(tmp_path):
     with pytest.raises(ConfigError, match="model directory not found: 'nowhere'"):
         config_from(None, env={"EVOMM_DEMO_MERGED": "nowhere"}, base=tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="'empty' has no model_index.json"):
+        config_from(None, env={"EVOMM_DEMO_SDXL": "empty"}, base=tmp_path)
 
 
 # --- the handlers and the running app --------------------------------------------------------

@@ -67,8 +67,8 @@ class DemoConfig(BaseModel):
         return self.sdxl_merged is not None or bool(self.sdxl_parents)
 
 
-def parse_model_ref(text: str, base: Path = REPO_ROOT) -> ModelRef:
-    """`PATH` or `NAME=PATH` → ModelRef; the directory must exist."""
+def parse_model_ref(text: str, base: Path = REPO_ROOT, marker: str = "config.json") -> ModelRef:
+    """`PATH` or `NAME=PATH` → ModelRef; the directory must exist and hold `marker`."""
     text = text.strip()
     name, sep, path_text = text.partition("=")
     if not sep:
@@ -79,11 +79,13 @@ def parse_model_ref(text: str, base: Path = REPO_ROOT) -> ModelRef:
     path = path.resolve()
     if not path.is_dir():
         raise ConfigError(f"model directory not found: {path_text.strip()!r}")
+    if not (path / marker).is_file():
+        raise ConfigError(f"{path_text.strip()!r} has no {marker}; is it a Hugging Face / diffusers model folder?")
     return ModelRef(name=name.strip() or path.name, path=path)
 
 
-def parse_model_list(text: str, base: Path = REPO_ROOT) -> list[ModelRef]:
-    return [parse_model_ref(item, base) for item in text.split(",") if item.strip()]
+def parse_model_list(text: str, base: Path = REPO_ROOT, marker: str = "config.json") -> list[ModelRef]:
+    return [parse_model_ref(item, base, marker) for item in text.split(",") if item.strip()]
 
 
 def _first_existing(candidates: tuple[str, ...], base: Path) -> Path | None:
@@ -169,8 +171,8 @@ def config_from(args: argparse.Namespace | None = None, env: dict[str, str] | No
     runs_text = pick("runs_root", ENV_RUNS_ROOT)
     examples_text = pick("examples", ENV_EXAMPLES)
 
-    def default_ref(candidates: tuple[str, ...]) -> ModelRef | None:
-        path = _first_existing(candidates, base)
+    def default_ref(candidates: tuple[str, ...], marker: str = "config.json") -> ModelRef | None:
+        path = next((base / c for c in candidates if (base / c / marker).is_file()), None)
         return ModelRef(name=path.name, path=path.resolve()) if path else None
 
     merged = parse_model_ref(merged_text, base) if merged_text else default_ref(DEFAULT_MERGED)
@@ -179,11 +181,12 @@ def config_from(args: argparse.Namespace | None = None, env: dict[str, str] | No
         if parents_text
         else [r for c in DEFAULT_PARENTS if (r := default_ref((c,)))]
     )
-    sdxl = parse_model_ref(sdxl_text, base) if sdxl_text else default_ref(DEFAULT_SDXL)
+    pipeline = "model_index.json"
+    sdxl = parse_model_ref(sdxl_text, base, pipeline) if sdxl_text else default_ref(DEFAULT_SDXL, pipeline)
     sdxl_parents = (
-        parse_model_list(sdxl_parents_text, base)
+        parse_model_list(sdxl_parents_text, base, pipeline)
         if sdxl_parents_text
-        else [r for c in DEFAULT_SDXL_PARENTS if (r := default_ref((c,)))]
+        else [r for c in DEFAULT_SDXL_PARENTS if (r := default_ref((c,), pipeline))]
     )
     runs_root = Path(runs_text).expanduser() if runs_text else base / DEFAULT_RUNS_ROOT
     if runs_text and not runs_root.is_dir():

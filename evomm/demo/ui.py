@@ -117,7 +117,7 @@ def _vlm_tab(config: DemoConfig, handlers: DemoHandlers) -> None:
             )
             examples = example_items(config)
             question = gr.Textbox(
-                value=DEFAULT_QUESTION,
+                value=examples[0][1] if examples and examples[0][1] else DEFAULT_QUESTION,
                 label=f"質問 Question (≤ {limits.max_prompt_chars} characters)",
                 lines=2,
                 elem_id="vlm-question",
