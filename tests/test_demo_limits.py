@@ -384,3 +384,15 @@ def test_without_a_merged_model_the_newest_runs_best_vlm_is_served(tiny_setup, t
     chosen = config_from(None, env={"EVOMM_DEMO_RUNS_ROOT": str(tmp_path / "runs")}, base=tmp_path)
     assert chosen.merged.path == (run / "ps_dfs" / "model").resolve()
     assert chosen.merged.name == "evolved (toy/ps_dfs)"
+
+
+def test_app_entry_point_refuses_a_bad_config_with_one_line(capsys):
+    import importlib.util
+
+    from evomm.demo.config import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("demo_app", REPO_ROOT / "demos" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--merged", "/nonexistent/model"]) == 2
+    assert capsys.readouterr().err.strip() == "error: model directory not found: '/nonexistent/model'"
