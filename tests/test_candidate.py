@@ -231,3 +231,16 @@ def test_mask_bits_drawn_in_pieces_equal_one_draw():
     out = torch.empty(1001)
     fill_mask_bits(M.dare_bit_stream(3, 1), out, chunk=10)  # 8-value pieces and a partial tail
     assert torch.equal(out, M.draw_mask_bits(M.dare_bit_stream(3, 1), 1001).float())
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_linear_pair_equals_methods(normalize):
+    models = _models(n=2, seed=11)
+    pair = {"m0": models["m0"], "m1": models["m1"]}
+    target = {k: torch.empty(s) for k, s in SHAPES.items()}
+    mat = CandidateMaterializer(target, pair, {k: Route({"m0": k, "m1": k}) for k in SHAPES}, "linear", compile=False)
+    p = TensorParams({"m0": {"weight": 0.35}, "m1": {"weight": 0.9}}, {"normalize": normalize})
+    mat.materialize({k: p for k in SHAPES})
+    for k in SHAPES:
+        expected = M.linear([pair["m0"][k], pair["m1"][k]], [0.35, 0.9], normalize=normalize)
+        torch.testing.assert_close(target[k], expected, atol=ATOL, rtol=0)

@@ -224,20 +224,21 @@ class CandidateMaterializer:
         share them. Every merged target must get parameters. `seed` drives DARE's masks.
         """
         groups = params if not isinstance(params, Mapping) else [((name,), p) for name, p in params.items()]
-        done = 0
-        with torch.no_grad():
-            for names, p in groups:
-                kwargs = self._bind(p)
-                for name in names:
-                    slot = self._slots.get(name)
-                    if slot is None:
-                        raise ConfigError(f"{name!r} is not a merged tensor of this candidate space")
-                    self._write(slot, kwargs, seed)
-                    done += 1
-        if done != len(self._slots):
-            given = {n for names, _ in groups for n in names}
+        work = []  # bind and check everything before writing anything
+        for names, p in groups:
+            kwargs = self._bind(p)
+            for name in names:
+                slot = self._slots.get(name)
+                if slot is None:
+                    raise ConfigError(f"{name!r} is not a merged tensor of this candidate space")
+                work.append((slot, kwargs))
+        if len({slot.name for slot, _ in work}) != len(self._slots):
+            given = {slot.name for slot, _ in work}
             missing = [n for n in self._slots if n not in given]
             raise ConfigError(f"candidate has no parameters for {len(missing)} merged tensor(s), e.g. {missing[0]!r}")
+        with torch.no_grad():
+            for slot, kwargs in work:
+                self._write(slot, kwargs, seed)
 
     def _bind(self, p: Any) -> dict[str, Any]:
         per_model_src = p["per_model"] if isinstance(p, Mapping) else p.per_model
