@@ -396,3 +396,16 @@ def test_app_entry_point_refuses_a_bad_config_with_one_line(capsys):
     spec.loader.exec_module(module)
     assert module.main(["--merged", "/nonexistent/model"]) == 2
     assert capsys.readouterr().err.strip() == "error: model directory not found: '/nonexistent/model'"
+
+
+def test_sdxl_examples_are_the_zoos_held_out_japanese_prompts(tmp_path):
+    from evomm.demo.config import sdxl_example_prompts
+
+    for name in ("japanese", "fewstep"):
+        (tmp_path / "sdxl_zoo" / name).mkdir(parents=True)
+        (tmp_path / "sdxl_zoo" / name / "model_index.json").write_text("{}")
+    prompts = {"splits": {"fitness": [{"text": "赤い丸"}], "heldout": [{"text": f"青い丸 {i}"} for i in range(12)]}}
+    (tmp_path / "sdxl_zoo" / "prompts.json").write_text(json.dumps(prompts, ensure_ascii=False))
+    config = config_from(None, env={"EVOMM_DEMO_SDXL_PARENTS": "sdxl_zoo/japanese,sdxl_zoo/fewstep"}, base=tmp_path)
+    assert [p.name for p in config.sdxl_parents] == ["japanese", "fewstep"] and config.sdxl_merged is None
+    assert sdxl_example_prompts(config) == [f"青い丸 {i}" for i in (0, 2, 4, 6, 8, 10)]

@@ -92,8 +92,9 @@ def _first_existing(candidates: tuple[str, ...], base: Path) -> Path | None:
     return next((base / c for c in candidates if (base / c).is_dir()), None)
 
 
-def latest_run_model(runs_root: Path | None) -> ModelRef | None:
-    """The best VLM of the newest run under `runs_root` (its last stage's exported `model/`)."""
+def latest_run_model(runs_root: Path | None, kind: str = "vlm") -> ModelRef | None:
+    """The best model of the newest run under `runs_root` (its last stage's exported `model/`)
+    that is a VLM (`kind="vlm"`) or an SDXL pipeline (`kind="sdxl"`)."""
     import json
 
     from evomm.demo.runs import list_runs, load_run
@@ -104,14 +105,17 @@ def latest_run_model(runs_root: Path | None) -> ModelRef | None:
         view = load_run(runs_root, name)
         for stage in reversed(view.stages):
             model = (view.path / stage / "model").resolve()
-            config_file = model / "config.json"
-            if not (model.is_relative_to(view.path) and config_file.is_file()):
+            if not model.is_relative_to(view.path):
                 continue
-            try:
-                model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
-            except (ValueError, OSError):
-                continue
-            if model_type in ("llava", "llava_next"):
+            if kind == "sdxl":
+                found = (model / "model_index.json").is_file()
+            else:
+                try:
+                    model_type = json.loads((model / "config.json").read_text(encoding="utf-8")).get("model_type")
+                except (ValueError, OSError):
+                    continue
+                found = model_type in ("llava", "llava_next")
+            if found:
                 label = name if stage == "." else f"{name}/{stage}"
                 return ModelRef(name=f"evolved ({label})", path=model)
     return None
@@ -191,8 +195,11 @@ def config_from(args: argparse.Namespace | None = None, env: dict[str, str] | No
     runs_root = Path(runs_text).expanduser() if runs_text else base / DEFAULT_RUNS_ROOT
     if runs_text and not runs_root.is_dir():
         raise ConfigError(f"runs root not found: {runs_text!r}")
-    if merged is None:  # no merged model given or shipped: the newest evolution run's best VLM
-        merged = latest_run_model(runs_root.resolve() if runs_root.is_dir() else None)
+    # no merged model given or shipped: the newest evolution run's best model
+    if merged is None:
+        merged = latest_run_model(runs_root.resolve() if runs_root.is_dir() else None, "vlm")
+    if sdxl is None:
+        sdxl = latest_run_model(runs_root.resolve() if runs_root.is_dir() else None, "sdxl")
     if examples_text:
         examples_dir = Path(examples_text).expanduser()
         if not examples_dir.is_dir():
@@ -281,3 +288,23 @@ def example_items(config: DemoConfig, limit: int = 8) -> list[tuple[Path, str | 
         p for p in root.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"} and p.is_file()
     )
     return [(p, None) for p in files[:limit]]
+
+
+def sdxl_example_prompts(config: DemoConfig, limit: int = 6) -> list[str]:
+    """Held-out Japanese prompts of the toy SDXL zoo (`prompts.json` beside its pipelines)."""
+    import json
+
+    for ref in ([config.sdxl_merged] if config.sdxl_merged else []) + config.sdxl_parents:
+        prompts_file = ref.path.parent / "prompts.json"
+        if not prompts_file.is_file():
+            continue
+        try:
+            splits = json.loads(prompts_file.read_text(encoding="utf-8")).get("splits", {})
+        except (ValueError, OSError, AttributeError):
+            continue
+        for split in ("test", "heldout", "held_out", "fitness"):
+            texts = [p.get("text") for p in splits.get(split, []) if isinstance(p, dict)]
+            texts = [t for t in texts if isinstance(t, str) and t.strip()]
+            if texts:
+                return texts[:: max(1, len(texts) // limit)][:limit]
+    return []

@@ -19,7 +19,7 @@ import gradio as gr
 from PIL import Image
 
 from evomm.demo.chat import sees_images
-from evomm.demo.config import ENV_RUNS_ROOT, ENV_SDXL, DemoConfig, example_items
+from evomm.demo.config import ENV_RUNS_ROOT, ENV_SDXL, DemoConfig, example_items, sdxl_example_prompts
 from evomm.demo.handlers import DemoHandlers, DemoInternalError
 from evomm.demo.limits import DemoInputError
 
@@ -204,6 +204,10 @@ def _t2i_tab(config: DemoConfig, handlers: DemoHandlers) -> None:
             steps = gr.Slider(1, limits.max_steps, value=min(4, limits.max_steps), step=1, label="Steps")
             seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
             guidance = gr.Slider(0.0, limits.max_guidance, value=0.0, step=0.5, label="Guidance scale")
+            prompts = sdxl_example_prompts(config)
+            if prompts:
+                gr.Examples(examples=[[p] for p in prompts], inputs=[prompt], label="例 Examples",
+                            elem_id="t2i-examples")
             gr.Markdown("Sampler: Euler with trailing timesteps, the same noise (seed) for every model.")
             go = gr.Button("生成 Generate", variant="primary", elem_id="t2i-generate", interactive=bool(refs))
         with gr.Column(scale=2):
