@@ -95,3 +95,4 @@ def build_evaluator(ctx: FitnessContext) -> Evaluator:
 register_provider("synthetic_target", "evomm.search.synthetic")
 register_provider("synthetic_logits", "evomm.search.synthetic")
 register_provider("sdxl_clip_score", "evomm.search.fitness_sdxl")
+register_provider("vqa_rouge_ja", "evomm.search.fitness_vqa")

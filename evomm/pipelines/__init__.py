@@ -1,0 +1,1 @@
+"""Code that belongs to one pipeline config in `pipelines/` (held-out reports, ...)."""
