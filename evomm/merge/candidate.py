@@ -44,7 +44,7 @@ from evomm.merge import methods as M
 log = logging.getLogger(__name__)
 
 #: Elements per chunk in eager mode: the scratch tensors of a chunk stay in cache.
-DEFAULT_CHUNK = 1 << 14
+DEFAULT_CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,7 @@ def _chunks(numel: int, chunk: int):
 
 #: Streaming kernels (linear, task arithmetic, slerp) make few passes per chunk, so they take
 #: chunks this many times larger (still within the last-level cache): less per-call overhead.
-STREAM_CHUNK_FACTOR = 16
+STREAM_CHUNK_FACTOR = 4
 
 
 def eager_linear(out: Tensor, sources: list[Tensor], weights: Sequence[float], divisor: float, *,
@@ -179,30 +179,32 @@ def _below(value: float) -> float:
 
 def _eager_elect(out: Tensor, base: Tensor, xs: list[Tensor], weights: Sequence[float], lam: float,
                  normalize: bool, scratch: Scratch) -> None:
-    """TIES's sign election on one chunk with float ops only (see `_fused_elect`)."""
+    """TIES's sign election on one chunk with float ops only (see `_fused_elect`).
+
+    Indicators come from `sign` and `clamp` (exact 0/1 values); `lerp` with a 0/1 weight
+    selects exactly. `heaviside` would read better but is not vectorised in eager torch.
+    """
     m, dev = out.numel(), out.device
-    zero = torch.zeros((), device=dev)
-    one = torch.ones((), device=dev)
     total, h, pos, tmp = (scratch.get(k, m, dev) for k in ("total", "h", "pos", "tmp"))
     torch.add(xs[0], xs[1], out=total) if len(xs) > 1 else total.copy_(xs[0])
     for x in xs[2:]:
         total.add_(x)
-    torch.heaviside(total, one, out=h)  # 1 where the elected sign is + (sum >= 0), else 0
-    torch.clamp_min(xs[0], 0, out=pos)
+    torch.clamp(torch.sign(total, out=h).add_(1.0), 0.0, 1.0, out=h)  # [sum >= 0]: the elected sign is +
+    torch.clamp_min(xs[0], 0.0, out=pos)
     for x in xs[1:]:
-        pos.add_(torch.clamp_min(x, 0, out=tmp))
+        pos.add_(torch.clamp_min(x, 0.0, out=tmp))
     neg = total.sub_(pos)  # the sum of the negative entries
-    mixed = torch.lerp(neg, pos, h, out=neg)  # h selects exactly: pos where h == 1, neg where 0
+    mixed = torch.lerp(neg, pos, h, out=neg)  # pos where the elected sign is +, else neg
     if normalize:
         dpos, dneg = scratch.get("dpos", m, dev), scratch.get("dneg", m, dev)
         dpos.zero_()
         dneg.zero_()
         for x, w in zip(xs, weights):
-            dpos.add_(torch.heaviside(x, zero, out=tmp), alpha=w)  # weight of entries > 0
-            dneg.add_(torch.heaviside(torch.neg(x, out=tmp), zero, out=tmp), alpha=w)  # of entries < 0
+            dpos.add_(torch.clamp_min(torch.sign(x, out=tmp), 0.0, out=tmp), alpha=w)  # weights of entries > 0
+            dneg.add_(torch.clamp_min(torch.sign(x, out=tmp).neg_(), 0.0, out=tmp), alpha=w)  # of entries < 0
         divisor = torch.lerp(dneg, dpos, h, out=dneg)
-        torch.heaviside(torch.abs(divisor, out=tmp).neg_(), one, out=tmp)  # 1 where divisor == 0
-        mixed.div_(divisor.add_(tmp))
+        unset = torch.sign(divisor, out=tmp).abs_().neg_().add_(1.0)  # 1 where divisor == 0
+        mixed.div_(divisor.add_(unset))
     torch.add(base, mixed, alpha=lam, out=out)
 
 
