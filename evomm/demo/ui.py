@@ -122,12 +122,6 @@ def _vlm_tab(config: DemoConfig, handlers: DemoHandlers) -> None:
                 lines=2,
                 elem_id="vlm-question",
             )
-            if examples and all(q for _, q in examples):
-                gr.Examples(examples=[[str(p), q] for p, q in examples], inputs=[image, question],
-                            label="例 Examples", examples_per_page=8, elem_id="vlm-examples")
-            elif examples:
-                gr.Examples(examples=[[str(p)] for p, _ in examples], inputs=[image], label="例 Examples",
-                            examples_per_page=8, elem_id="vlm-examples")
             with gr.Accordion("生成設定 Generation settings", open=False):
                 max_new_tokens = gr.Slider(1, limits.max_new_tokens, value=min(48, limits.max_new_tokens),
                                            step=1, label="Max new tokens")
@@ -153,6 +147,13 @@ def _vlm_tab(config: DemoConfig, handlers: DemoHandlers) -> None:
                             elem_classes=["answer", f"answer-{role}"],
                         )
                     )
+            # examples fill the wide column under the answers (click one: image and question)
+            if examples and all(q for _, q in examples):
+                gr.Examples(examples=[[str(p), q] for p, q in examples], inputs=[image, question],
+                            label="例 Examples (click to use)", examples_per_page=4, elem_id="vlm-examples")
+            elif examples:
+                gr.Examples(examples=[[str(p)] for p, _ in examples], inputs=[image],
+                            label="例 Examples (click to use)", examples_per_page=4, elem_id="vlm-examples")
 
     image.upload(
         _as_messages(_warn_on_bad_upload(handlers)),
@@ -252,9 +253,11 @@ def _dashboard_tab(config: DemoConfig, handlers: DemoHandlers, app: gr.Blocks) -
         refresh = gr.Button("Refresh list", scale=1, elem_id="run-refresh")
     notes = gr.Markdown(elem_id="run-notes")
     with gr.Row():
-        fitness = gr.Image(label="Fitness per generation", interactive=False, elem_id="run-fitness", height=320)
-        genome = gr.Image(label="Best genome: per-layer parameters (PS) or layer path (DFS)", interactive=False,
-                          elem_id="run-genome", height=320)
+        # the plots carry their own titles
+        fitness = gr.Image(label="Fitness per generation", show_label=False, interactive=False,
+                           elem_id="run-fitness", height=340)
+        genome = gr.Image(label="Best genome: per-layer parameters (PS) or layer path (DFS)", show_label=False,
+                          interactive=False, elem_id="run-genome", height=340)
     dfs_text = gr.Markdown(elem_id="run-dfs")
     with gr.Row():
         with gr.Column():
@@ -270,12 +273,14 @@ def _dashboard_tab(config: DemoConfig, handlers: DemoHandlers, app: gr.Blocks) -
     def render(view):
         recipe_file = handlers.recipe_download(view)
         table_value = {"headers": view.table_headers, "data": view.table_rows} if view.table_rows else None
+        from_results = view.table_headers[:1] == ["model"]
+        table_label = "Held-out results (results.json)" if from_results else "Best fitness per stage (no results.json yet)"
         return (
             "\n".join(f"- {n}" for n in view.notes),
             _load_plot(view.fitness_plot),
             _load_plot(view.genome_plot),
             f"**DFS path** — {view.dfs_summary}" if view.dfs_summary else "",
-            table_value,
+            gr.update(value=table_value, label=table_label),
             gr.update(value=_load_plot(view.grid_plot), visible=view.grid_plot is not None),
             view.recipe_text,
             gr.update(value=str(recipe_file) if recipe_file else None, visible=recipe_file is not None),
