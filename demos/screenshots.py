@@ -40,6 +40,12 @@ def stand_in_args(work: Path) -> tuple[list[str], Path, str | None]:
     from evomm.demo.config import example_items
 
     examples = example_items(shipped)
+    if not examples:
+        from evomm.zoo.data import write_dataset
+
+        write_dataset(work / "examples", {"test": 8}, seed=0)
+        args += ["--examples", str(work / "examples")]
+        examples = example_items(config_from(None, env={"EVOMM_DEMO_EXAMPLES": str(work / "examples")}))
     if examples:
         return args, examples[0][0], examples[0][1]
     return args, example_image(work / "example.png", seed=1, size=128), None
