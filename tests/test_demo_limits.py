@@ -209,6 +209,8 @@ def test_config_reads_flags_then_environment(tmp_path):
 def test_config_rejects_missing_model_dirs_with_one_line(tmp_path):
     with pytest.raises(ConfigError, match="model directory not found: 'nowhere'"):
         config_from(None, env={"EVOMM_DEMO_MERGED": "nowhere"}, base=tmp_path)
+    with pytest.raises(ConfigError, match="template 'fancy': use 'chat', one of"):
+        config_from(None, env={"EVOMM_DEMO_TEMPLATE": "fancy"}, base=tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="'empty' has no model_index.json"):
         config_from(None, env={"EVOMM_DEMO_SDXL": "empty"}, base=tmp_path)

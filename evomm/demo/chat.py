@@ -19,7 +19,7 @@ from PIL import Image
 
 from evomm.demo.config import ModelRef
 from evomm.errors import CheckpointError
-from evomm.models.vlm import CHAT, _resolve_template
+from evomm.models.vlm import CHAT, PROMPT_TEMPLATES
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class ChatModel:
             common = dict(local_files_only=True, trust_remote_code=False)
             self._vlm = None
             self.processor = None
-            self.template = _resolve_template(template, None) if template else None
+            self.template = PROMPT_TEMPLATES.get(template, template) if template else None
             self.tokenizer = AutoTokenizer.from_pretrained(ref.path, **common)
             self.model = AutoModelForCausalLM.from_pretrained(
                 ref.path, use_safetensors=True, dtype=torch.float32, **common
@@ -117,7 +117,7 @@ class ChatModel:
                     )
                 except Exception:  # templates differ in the content shape they accept
                     continue
-        return question
+        return PROMPT_TEMPLATES["llava-mistral"].format(input=question)  # what a VLM without one gets
 
     def _inputs(self, image: Image.Image | None, question: str) -> dict:
         text = self.prompt(question)

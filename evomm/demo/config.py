@@ -225,6 +225,17 @@ def config_from(args: argparse.Namespace | None = None, env: dict[str, str] | No
     except ValueError:
         raise ConfigError(f"{ENV_THREADS} must be an integer, got {threads_text!r}") from None
     device = getattr(args, "device", None) or env.get(ENV_DEVICE) or "cpu"
+    template = pick("template", ENV_TEMPLATE)
+    if template:
+        from evomm.models.vlm import CHAT, PROMPT_TEMPLATES
+
+        if template != CHAT and template not in PROMPT_TEMPLATES and not any(
+            key in template for key in ("{input}", "{question}")
+        ):
+            raise ConfigError(
+                f"template {template!r}: use 'chat', one of {sorted(PROMPT_TEMPLATES)}, or a string with "
+                "{input} or {question}"
+            )
     return DemoConfig(
         merged=merged,
         parents=parents,
@@ -233,7 +244,7 @@ def config_from(args: argparse.Namespace | None = None, env: dict[str, str] | No
         runs_root=runs_root.resolve() if runs_root.is_dir() else None,
         examples_dir=examples_dir.resolve() if examples_dir else None,
         limits=limits,
-        template=pick("template", ENV_TEMPLATE) or zoo_prompt(([merged] if merged else []) + parents),
+        template=template or zoo_prompt(([merged] if merged else []) + parents),
         threads=threads,
         device=device,
     )
