@@ -4,8 +4,9 @@ Builds a Mistral-shaped model (~500 MB in float32 by default) and two "fine-tune
 noise) in memory, then times, in the same run:
 
 - floor: `torch.lerp` of two state dicts into the preallocated model's tensors;
-- `CandidateMaterializer.materialize` for linear, ties and dare_ties (per-layer parameters,
-  as the PS genome gives them), compiled (one fused pass per tensor) and/or eager (chunked).
+- `CandidateMaterializer.materialize` for linear (of the two fine-tunes), ties and dare_ties
+  (base + the two task vectors), with per-layer parameters as the PS genome gives them,
+  compiled (one fused pass per tensor) and/or eager (chunked).
   dare_ties is timed both with the search's usual fixed seed (mask bits cached) and with a
   new seed per candidate (mask bits drawn every time).
 
@@ -120,7 +121,10 @@ def main() -> None:
     for method in args.methods.split(","):
         for mode in modes:
             start = time.perf_counter()
-            mat = CandidateMaterializer(target, models, routes, method, base="base", compile=(mode == "compiled"))
+            # linear merges the two fine-tunes (the floor's own inputs); the others are base + 2 task vectors
+            merged = ["a", "b"]
+            mat = CandidateMaterializer(target, models, routes, method, base="base", merged=merged,
+                                        compile=(mode == "compiled"))
             setup_s = time.perf_counter() - start
             rng = np.random.default_rng(0)
             params = layer_params(names, mat.merged, method, args.layers, rng)
