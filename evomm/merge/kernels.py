@@ -181,28 +181,26 @@ def _eager_elect(out: Tensor, base: Tensor, xs: list[Tensor], weights: Sequence[
                  normalize: bool, scratch: Scratch) -> None:
     """TIES's sign election on one chunk with float ops only (see `_fused_elect`).
 
-    Indicators come from `sign` and `clamp` (exact 0/1 values); `lerp` with a 0/1 weight
-    selects exactly. `heaviside` would read better but is not vectorised in eager torch.
+    With the elected sign s = +1 where sum(xs) >= 0, else -1, the entries that agree are
+    those with x * s > 0, so mixed = s * sum(clamp_min(x * s, 0)) and the normaliser is
+    sum(w * sign(clamp_min(x * s, 0))). All indicators are exact 0/1 floats; `heaviside`
+    and boolean masks would read better but are several times slower in eager torch.
     """
     m, dev = out.numel(), out.device
-    total, h, pos, tmp = (scratch.get(k, m, dev) for k in ("total", "h", "pos", "tmp"))
-    torch.add(xs[0], xs[1], out=total) if len(xs) > 1 else total.copy_(xs[0])
+    elected, agreeing, tmp = (scratch.get(k, m, dev) for k in ("elected", "agreeing", "tmp"))
+    torch.add(xs[0], xs[1], out=elected) if len(xs) > 1 else elected.copy_(xs[0])
     for x in xs[2:]:
-        total.add_(x)
-    torch.clamp(torch.sign(total, out=h).add_(1.0), 0.0, 1.0, out=h)  # [sum >= 0]: the elected sign is +
-    torch.clamp_min(xs[0], 0.0, out=pos)
-    for x in xs[1:]:
-        pos.add_(torch.clamp_min(x, 0.0, out=tmp))
-    neg = total.sub_(pos)  # the sum of the negative entries
-    mixed = torch.lerp(neg, pos, h, out=neg)  # pos where the elected sign is +, else neg
+        elected.add_(x)
+    # sign(sum) is -1, 0 or 1; +1, clamp to [0, 1], *2 - 1 maps it to -1, 1, 1
+    torch.clamp(torch.sign(elected, out=elected).add_(1.0), 0.0, 1.0, out=elected).mul_(2.0).sub_(1.0)
+    divisor = scratch.get("divisor", m, dev) if normalize else None
+    for i, (x, w) in enumerate(zip(xs, weights)):
+        kept = torch.clamp_min(torch.mul(x, elected, out=tmp), 0.0, out=tmp)  # |x| where x agrees, else 0
+        agreeing.copy_(kept) if i == 0 else agreeing.add_(kept)
+        if normalize:
+            torch.mul(torch.sign(kept, out=tmp), w, out=divisor) if i == 0 else divisor.add_(torch.sign(kept, out=tmp), alpha=w)
+    mixed = agreeing.mul_(elected)
     if normalize:
-        dpos, dneg = scratch.get("dpos", m, dev), scratch.get("dneg", m, dev)
-        dpos.zero_()
-        dneg.zero_()
-        for x, w in zip(xs, weights):
-            dpos.add_(torch.clamp_min(torch.sign(x, out=tmp), 0.0, out=tmp), alpha=w)  # weights of entries > 0
-            dneg.add_(torch.clamp_min(torch.sign(x, out=tmp).neg_(), 0.0, out=tmp), alpha=w)  # of entries < 0
-        divisor = torch.lerp(dneg, dpos, h, out=dneg)
         unset = torch.sign(divisor, out=tmp).abs_().neg_().add_(1.0)  # 1 where divisor == 0
         mixed.div_(divisor.add_(unset))
     torch.add(base, mixed, alpha=lam, out=out)
