@@ -333,6 +333,20 @@ def test_zoo_prompt_layout_matches_the_zoo_training_format(tmp_path):
     assert format_question(template, question, None) == format_prompt(question)
 
 
+def test_vlm_prompt_is_the_toy_pipelines_fitness_prompt(tiny_setup):
+    """The demo asks the merged model exactly as evolution scored it (evomm.search.fitness_vqa)."""
+    from evomm.demo.chat import ChatModel
+    from evomm.search.fitness_vqa import DEFAULT_PROMPT, PromptVLMGenerator
+
+    config, _ = tiny_setup
+    model = ChatModel(config.merged, template=DEFAULT_PROMPT)
+    scorer = PromptVLMGenerator(model.model, model.processor, prompt=DEFAULT_PROMPT)
+    question = "この図形は何色ですか？"
+    assert model.prompt(question) == scorer.build_prompt(question) == f"USER: <image> {question} ASSISTANT:"
+    text_only = ChatModel(config.parents[1], template=DEFAULT_PROMPT)
+    assert text_only.prompt(question) == f"USER: {question} ASSISTANT:"
+
+
 def test_examples_from_a_zoo_dataset_pair_images_with_japanese_questions(tmp_path):
     from evomm.demo.config import example_items
     from evomm.zoo.data import write_dataset
@@ -382,10 +396,18 @@ def test_without_a_merged_model_the_newest_runs_best_vlm_is_served(tiny_setup, t
 
     config, _ = tiny_setup
     run = fabricate_run(tmp_path / "runs" / "toy", seed=0, generations=2, plots=False)
-    shutil.copytree(config.merged.path, run / "ps_dfs" / "model")
-    chosen = config_from(None, env={"EVOMM_DEMO_RUNS_ROOT": str(tmp_path / "runs")}, base=tmp_path)
-    assert chosen.merged.path == (run / "ps_dfs" / "model").resolve()
+    for stage in ("ps", "dfs", "ps_dfs"):
+        shutil.copytree(config.merged.path, run / stage / "model")
+    env = {"EVOMM_DEMO_RUNS_ROOT": str(tmp_path / "runs")}
+    chosen = config_from(None, env=env, base=tmp_path)
+    assert chosen.merged.path == (run / "ps_dfs" / "model").resolve()  # best keyword_acc of the three
     assert chosen.merged.name == "evolved (toy/ps_dfs)"
+    results = json.loads((run / "results.json").read_text())
+    results["models"]["dfs"]["keyword_acc"] = 99.0
+    (run / "results.json").write_text(json.dumps(results))
+    assert config_from(None, env=env, base=tmp_path).merged.name == "evolved (toy/dfs)"
+    (run / "results.json").unlink()  # no held-out numbers: the last stage
+    assert config_from(None, env=env, base=tmp_path).merged.name == "evolved (toy/ps_dfs)"
 
 
 def test_app_entry_point_refuses_a_bad_config_with_one_line(capsys):

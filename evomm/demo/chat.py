@@ -9,6 +9,7 @@ Models load lazily on first use and stay cached; all generation goes through
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,10 +62,11 @@ def uses_question_template(template: str | None) -> bool:
 
 
 def format_question(template: str, question: str, image_token: str | None) -> str:
-    """Fill a `{context} {question}` template the way `evomm.zoo.train.format_prompt` does:
-    the image token is the context of a VLM, nothing for a text-only model."""
+    """Fill a `{image} {question}` (or the zoo's `{context} {question}`) template as the toy
+    pipeline's fitness does: the image token for a VLM, nothing for a text-only model, then
+    runs of spaces squeezed to one."""
     token = image_token or ""
-    return template.format(context=token, image=token, question=question).replace("  ", " ")
+    return re.sub(r" {2,}", " ", template.format(context=token, image=token, question=question)).strip()
 
 
 class ChatModel:

@@ -92,9 +92,23 @@ def _first_existing(candidates: tuple[str, ...], base: Path) -> Path | None:
     return next((base / c for c in candidates if (base / c).is_dir()), None)
 
 
+def _stages_best_first(view) -> list[str]:
+    """A run's stages, best held-out score first (its results.json row of the same name,
+    e.g. `ps`, `dfs`, `ps_dfs`), then unscored stages, latest first."""
+    headers = view.table_headers
+    metric = next((m for m in ("keyword_acc", "rougeL", "clip_score") if m in headers), None)
+    latest_first = list(reversed(view.stages))
+    if headers[:1] != ["model"] or metric is None:
+        return latest_first
+    column = headers.index(metric)
+    scores = {row[0]: row[column] for row in view.table_rows if isinstance(row[column], (int, float))}
+    return sorted(latest_first, key=lambda stage: -scores[stage] if stage in scores else float("inf"))
+
+
 def latest_run_model(runs_root: Path | None, kind: str = "vlm") -> ModelRef | None:
-    """The best model of the newest run under `runs_root` (its last stage's exported `model/`)
-    that is a VLM (`kind="vlm"`) or an SDXL pipeline (`kind="sdxl"`)."""
+    """The best model of the newest run under `runs_root` (the exported `model/` of its best
+    stage on the held-out set, else of its last stage) that is a VLM (`kind="vlm"`) or an SDXL
+    pipeline (`kind="sdxl"`)."""
     import json
 
     from evomm.demo.runs import list_runs, load_run
@@ -103,7 +117,7 @@ def latest_run_model(runs_root: Path | None, kind: str = "vlm") -> ModelRef | No
         return None
     for name in list_runs(runs_root):
         view = load_run(runs_root, name)
-        for stage in reversed(view.stages):
+        for stage in _stages_best_first(view):
             model = (view.path / stage / "model").resolve()
             if not model.is_relative_to(view.path):
                 continue
