@@ -188,17 +188,24 @@ def _eager_elect(out: Tensor, base: Tensor, xs: list[Tensor], weights: Sequence[
     """
     m, dev = out.numel(), out.device
     elected, agreeing, tmp = (scratch.get(k, m, dev) for k in ("elected", "agreeing", "tmp"))
-    torch.add(xs[0], xs[1], out=elected) if len(xs) > 1 else elected.copy_(xs[0])
-    for x in xs[2:]:
+    elected.copy_(xs[0])
+    for x in xs[1:]:
         elected.add_(x)
     # sign(sum) is -1, 0 or 1; +1, clamp to [0, 1], *2 - 1 maps it to -1, 1, 1
     torch.clamp(torch.sign(elected, out=elected).add_(1.0), 0.0, 1.0, out=elected).mul_(2.0).sub_(1.0)
     divisor = scratch.get("divisor", m, dev) if normalize else None
     for i, (x, w) in enumerate(zip(xs, weights)):
         kept = torch.clamp_min(torch.mul(x, elected, out=tmp), 0.0, out=tmp)  # |x| where x agrees, else 0
-        agreeing.copy_(kept) if i == 0 else agreeing.add_(kept)
+        if i == 0:
+            agreeing.copy_(kept)
+        else:
+            agreeing.add_(kept)
         if normalize:
-            torch.mul(torch.sign(kept, out=tmp), w, out=divisor) if i == 0 else divisor.add_(torch.sign(kept, out=tmp), alpha=w)
+            indicator = torch.sign(kept, out=tmp)  # 1 where x agrees, else 0
+            if i == 0:
+                torch.mul(indicator, w, out=divisor)
+            else:
+                divisor.add_(indicator, alpha=w)
     mixed = agreeing.mul_(elected)
     if normalize:
         unset = torch.sign(divisor, out=tmp).abs_().neg_().add_(1.0)  # 1 where divisor == 0
@@ -239,9 +246,8 @@ def eager_dare(out: Tensor, base: Tensor, deltas: list[Tensor], bits: list[Tenso
         if consensus:
             _eager_elect(out[s:e], base[s:e], xs, weights, lam, normalize, scratch)
         else:
-            o = out[s:e]
-            torch.add(xs[0], xs[1], out=o) if len(xs) > 1 else o.copy_(xs[0])
-            for x in xs[2:]:
+            o = out[s:e].copy_(xs[0])
+            for x in xs[1:]:
                 o.add_(x)
             if divisor != 1:
                 o.div_(divisor)
