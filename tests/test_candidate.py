@@ -244,3 +244,19 @@ def test_linear_pair_equals_methods(normalize):
     for k in SHAPES:
         expected = M.linear([pair["m0"][k], pair["m1"][k]], [0.35, 0.9], normalize=normalize)
         torch.testing.assert_close(target[k], expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("compile_", [False, True])
+def test_ties_with_tied_magnitudes_equals_methods(compile_):
+    """Deltas of bf16 checkpoints repeat magnitudes: every entry tied with the k-th is kept, in both paths."""
+    models = _models(n=2, seed=12)
+    for ref in ("m0", "m1"):
+        models[ref] = {k: models["base"][k] + torch.round((v - models["base"][k]) * 8) / 8 for k, v in models[ref].items()}
+    target = {k: torch.empty(s) for k, s in SHAPES.items()}
+    mat = _materializer("ties", models, target, compile=compile_)
+    p = TensorParams({"m0": {"weight": 0.7, "density": 0.3}, "m1": {"weight": 0.5, "density": 0.55}}, {"normalize": True})
+    mat.materialize({k: p for k in SHAPES})
+    delta = models["m0"]["emb"] - models["base"]["emb"]
+    assert int((M.trim_by_magnitude(delta, 0.3) != 0).sum()) > M.top_k_count(0.3, delta.numel())  # ties kept
+    for k in SHAPES:
+        torch.testing.assert_close(target[k], _expected("ties", models, ["m0", "m1"], k, p, 0), atol=ATOL, rtol=0)
