@@ -60,11 +60,10 @@ def paired_times(floor, candidate, reps: int) -> tuple[float, float, float]:
     return statistics.median(floors), statistics.median(cands), statistics.median(ratios)
 
 
-def layer_params(names, merged, method, layers: int, rng):
+def layer_params(names, merged, method, rng):
     """Per-tensor parameters: one value per layer (and one for embeddings/head), like the PS genome."""
     from evomm.merge.candidate import TensorParams
 
-    per_layer = {}
     groups: dict[int, list[str]] = {}
     for name in names:
         parts = name.split(".")
@@ -74,8 +73,7 @@ def layer_params(names, merged, method, layers: int, rng):
     for layer, tensors in groups.items():
         per_model = {ref: {"weight": float(rng.uniform(0.2, 0.8)), "density": float(rng.uniform(0.2, 0.8))} for ref in merged}
         glob = {"normalize": True} if method == "ties" else {}
-        per_layer[layer] = TensorParams(per_model, glob)
-        out.append((tensors, per_layer[layer]))
+        out.append((tensors, TensorParams(per_model, glob)))
     return out
 
 
@@ -127,7 +125,7 @@ def main() -> None:
                                         compile=(mode == "compiled"))
             setup_s = time.perf_counter() - start
             rng = np.random.default_rng(0)
-            params = layer_params(names, mat.merged, method, args.layers, rng)
+            params = layer_params(names, mat.merged, method, rng)
             variants = [("", lambda: mat.materialize(params, seed=1))]
             if method.startswith("dare"):
                 seeds = iter(range(2, 10_000))
