@@ -24,8 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", action="store_true", help="tiny widths and a few steps")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
     parser.add_argument("--force", action="store_true", help="replace an existing zoo")
+    parser.add_argument("--cache", default=None, help="keep trained stages here; a killed build resumes from them")
     args = parser.parse_args(argv)
-    manifest = build_zoo(args.out, seed=args.seed, small=args.small, threads=args.threads, force=args.force)
+    manifest = build_zoo(args.out, seed=args.seed, small=args.small, threads=args.threads, force=args.force,
+                         cache_dir=args.cache)
     print(json.dumps({k: manifest[k] for k in ("checks", "seconds", "params")}, indent=2))
     return 0
 

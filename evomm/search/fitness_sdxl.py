@@ -254,12 +254,12 @@ def report_run(config_path: str | Path, run_dir: str | Path, split: str = "heldo
 
     from evomm.models.sdxl import SamplerSettings, SDXLCandidatePipeline
     from evomm.search.config import load_config
-    from evomm.search.stages import _fitness_context, build_space
+    from evomm.search.stages import build_space, fitness_context
 
     run_dir = Path(run_dir)
     config = load_config(config_path)
     stage = config.stages[0]
-    ctx = _fitness_context(config, stage, dict(config.sources))
+    ctx = fitness_context(config, stage, dict(config.sources))
     report_cfg = dict(config.extras.get("report", {}))
     split = report_cfg.get("split", split)
     seed = int(report_cfg.get("seed", seed))

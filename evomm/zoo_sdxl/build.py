@@ -35,15 +35,15 @@ class Recipe:
     """Step counts of every stage (step counts, not time limits, keep builds reproducible)."""
 
     train_images: int = 3600
-    vae_steps: int = 250
+    vae_steps: int = 200
     vae_batch: int = 16
-    base_steps: int = 600
-    japanese_steps: int = 450
-    teacher_samples: int = 384
-    teacher_steps: int = 12
+    base_steps: int = 420
+    japanese_steps: int = 320
+    teacher_samples: int = 256
+    teacher_steps: int = 10
     teacher_guidance: float = 5.0
-    distill_steps: int = 300
-    clip_steps: int = 300
+    distill_steps: int = 220
+    clip_steps: int = 200
     batch: int = 64
 
 
@@ -91,9 +91,42 @@ def _generated_accuracy(pipe, prompts: list[data.Prompt], clip_model, clip_tok, 
     return train.clip_accuracy(clip_model, clip_tok, out * 2 - 1, labels)
 
 
+class _StageCache:
+    """Trained stages saved as safetensors, so an interrupted build resumes after its last stage.
+
+    Keyed by seed, mode and recipe: a cache never feeds a build with other settings.
+    """
+
+    def __init__(self, root: Path | None, key: str):
+        self.root = root / key if root is not None else None
+
+    def load(self, stage: str, module: torch.nn.Module) -> bool:
+        from safetensors.torch import load_file
+
+        path = self.root / f"{stage}.safetensors" if self.root else None
+        if path is None or not path.is_file():
+            return False
+        module.load_state_dict(load_file(str(path)))
+        print(f"[zoo] {stage}: loaded from cache {path}", flush=True)
+        return True
+
+    def save(self, stage: str, module: torch.nn.Module) -> None:
+        from safetensors.torch import save_file
+
+        if self.root is None:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{stage}.tmp"
+        save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp))
+        tmp.rename(self.root / f"{stage}.safetensors")
+
+
 def build_zoo(out_dir: str | Path, seed: int = 0, small: bool = False, threads: int = 1,
-              force: bool = False) -> dict:
-    """Train and write the zoo to `out_dir`; returns the manifest."""
+              force: bool = False, cache_dir: str | Path | None = None) -> dict:
+    """Train and write the zoo to `out_dir`; returns the manifest.
+
+    `cache_dir` keeps each trained stage so that a killed build continues where it stopped.
+    """
     import open_clip
 
     torch.set_num_threads(threads)
@@ -104,6 +137,8 @@ def build_zoo(out_dir: str | Path, seed: int = 0, small: bool = False, threads: 
         raise OutputExistsError(f"{out_dir} exists and is not empty (pass force=True / --force)")
     sizes, recipe = (models.SMALL, SMALL_RECIPE) if small else (models.FULL, FULL_RECIPE)
     started, timings, checks = time.time(), {}, {}
+    key = hashlib.sha256(json.dumps([seed, small, asdict(recipe), asdict(sizes)]).encode()).hexdigest()[:12]
+    cache = _StageCache(Path(cache_dir) if cache_dir else None, key)
 
     def lap(name: str, t0: float) -> None:
         timings[name] = round(time.time() - t0, 1)
@@ -112,7 +147,10 @@ def build_zoo(out_dir: str | Path, seed: int = 0, small: bool = False, threads: 
     images, labels = data.make_images(recipe.train_images, seed=seed)
     t0 = time.time()
     vae = models.build_vae(sizes, seed)
-    scaling = train.train_vae(vae, images, recipe.vae_steps, batch=recipe.vae_batch, seed=seed)
+    if not cache.load("vae", vae):
+        train.train_vae(vae, images, recipe.vae_steps, batch=recipe.vae_batch, seed=seed)
+        cache.save("vae", vae)
+    scaling = train.latent_scaling(vae, images)
     vae.register_to_config(scaling_factor=scaling)
     checks["vae_psnr_db"] = round(train.vae_psnr(vae, images[:256]), 2)
     latents = train.encode_latents(vae, images, scaling)
@@ -144,8 +182,10 @@ def build_zoo(out_dir: str | Path, seed: int = 0, small: bool = False, threads: 
         def en_caps(idx, gen):
             return labels[idx] * n_en + torch.randint(n_en, (len(idx),), generator=gen)
 
-        train.train_denoiser(unet, latents, en_caps, en_emb, en_pool, recipe.base_steps,
-                             batch=recipe.batch, seed=seed + 10, desc="base")
+        if not cache.load("base", unet):
+            train.train_denoiser(unet, latents, en_caps, en_emb, en_pool, recipe.base_steps,
+                                 batch=recipe.batch, seed=seed + 10, desc="base")
+            cache.save("base", unet)
         _save_pipeline(base, tmp / "base")
         lap("base", t0)
 
@@ -159,9 +199,11 @@ def build_zoo(out_dir: str | Path, seed: int = 0, small: bool = False, threads: 
         def ja_caps(idx, gen):
             return labels[idx] * n_ja + torch.randint(n_ja, (len(idx),), generator=gen)
 
-        train.train_denoiser(ja_unet, latents, ja_caps, ja_emb, ja_pool, recipe.japanese_steps,
-                             batch=recipe.batch, seed=seed + 20, desc="japanese",
-                             lr_multipliers=lambda name: 1.0 if _text_reading(name) else 0.2)
+        if not cache.load("japanese", ja_unet):
+            train.train_denoiser(ja_unet, latents, ja_caps, ja_emb, ja_pool, recipe.japanese_steps,
+                                 batch=recipe.batch, seed=seed + 20, desc="japanese",
+                                 lr_multipliers=lambda name: 1.0 if _text_reading(name) else 0.2)
+            cache.save("japanese", ja_unet)
         _save_pipeline(japanese, tmp / "japanese")
         lap("japanese", t0)
 
@@ -169,12 +211,14 @@ def build_zoo(out_dir: str | Path, seed: int = 0, small: bool = False, threads: 
         t0 = time.time()
         gen = torch.Generator().manual_seed(seed + 30)
         teacher_caps = torch.randint(len(en_corpus), (recipe.teacher_samples,), generator=gen)
-        noise, x0 = train.teacher_pairs(base, en_emb, en_pool, teacher_caps, recipe.teacher_steps,
-                                        recipe.teacher_guidance, seed=seed + 31)
         student = copy.deepcopy(unet)
-        train.train_denoiser(student, x0, lambda idx, g: teacher_caps[idx], en_emb, en_pool,
-                             recipe.distill_steps, batch=recipe.batch, lr=5e-4, seed=seed + 32,
-                             cfg_dropout=0.0, noise=noise, timesteps=FEWSTEP_TIMESTEPS, desc="distill")
+        if not cache.load("fewstep", student):
+            noise, x0 = train.teacher_pairs(base, en_emb, en_pool, teacher_caps, recipe.teacher_steps,
+                                            recipe.teacher_guidance, seed=seed + 31)
+            train.train_denoiser(student, x0, lambda idx, g: teacher_caps[idx], en_emb, en_pool,
+                                 recipe.distill_steps, batch=recipe.batch, lr=5e-4, seed=seed + 32,
+                                 cfg_dropout=0.0, noise=noise, timesteps=FEWSTEP_TIMESTEPS, desc="distill")
+            cache.save("fewstep", student)
         fewstep = models.assemble_pipeline(vae, *te_en, tok_en, student, timestep_spacing="trailing")
         _save_pipeline(fewstep, tmp / "fewstep")
         lap("fewstep", t0)
@@ -183,7 +227,9 @@ def build_zoo(out_dir: str | Path, seed: int = 0, small: bool = False, threads: 
         t0 = time.time()
         clip_model = models.build_open_clip(sizes, seed + 40)
         clip_tok = open_clip.tokenizer.SimpleTokenizer(context_length=models.CONTEXT_LENGTH)
-        train.train_open_clip(clip_model, clip_tok, recipe.clip_steps, seed=seed + 40)
+        if not cache.load("clip", clip_model):
+            train.train_open_clip(clip_model, clip_tok, recipe.clip_steps, seed=seed + 40)
+            cache.save("clip", clip_model)
         test_images, test_labels = data.make_images(360, seed=seed + 999)
         checks["clip_caption_accuracy"] = round(train.clip_accuracy(clip_model, clip_tok, test_images, test_labels), 3)
         _save_open_clip(clip_model, sizes, tmp / "clip")

@@ -25,8 +25,8 @@ def _cosine_lr(opt: torch.optim.Optimizer, step: int, total: int, base: list[flo
 
 
 def train_vae(vae, images: torch.Tensor, steps: int, batch: int = 64, lr: float = 2e-3,
-              kl_weight: float = 1e-5, seed: int = 0, desc: str = "vae") -> float:
-    """Reconstruction + small KL; returns the latent scaling factor (1 / latent std)."""
+              kl_weight: float = 1e-5, seed: int = 0, desc: str = "vae") -> None:
+    """Reconstruction + a small KL term (keeps the latent space smooth enough to diffuse in)."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     vae.train()
@@ -43,9 +43,12 @@ def train_vae(vae, images: torch.Tensor, steps: int, batch: int = 64, lr: float 
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
     vae.eval()
-    with torch.no_grad():
-        z = encode_latents(vae, images[:512], scaling_factor=1.0)
-    return float(1.0 / z.std())
+
+
+@torch.no_grad()
+def latent_scaling(vae, images: torch.Tensor) -> float:
+    """SDXL's `scaling_factor`: 1 / std of the latents, so the UNet sees unit-variance inputs."""
+    return float(1.0 / encode_latents(vae, images[:512], scaling_factor=1.0).std())
 
 
 @torch.no_grad()
