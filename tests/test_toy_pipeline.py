@@ -134,3 +134,20 @@ def test_vqa_fitness_is_deterministic(tmp_path):
 
         VQARougeEvaluator([], None, objective="bleu")
     assert torch.get_num_threads() == 1
+
+
+def test_seed_summary_reports_mean_and_spread(tmp_path):
+    from evomm.pipelines.toy_results import main as summarise, summary_table
+
+    runs = []
+    for seed, acc in enumerate((40.0, 50.0, 60.0)):
+        run = tmp_path / f"s{seed}"
+        run.mkdir()
+        scores = {"rougeL": 10.0 * seed, "rougeL_strict": 5.0, "keyword_acc": acc, "by_type": {"colour": acc}}
+        payload = {"seed": seed, "models": {"ps": scores, "english_vlm": scores}}
+        (run / "results.json").write_text(json.dumps(payload))
+        runs.append(payload)
+    table = summary_table(runs)
+    assert "| PS evolved (`ps`) | 10.0 ± 10.0 | 5.0 ± 0.0 | 50.0 ± 10.0 | 40.0-60.0 | 50.0 ± 10.0 |" in table
+    assert table.index("english_vlm") < table.index("`ps`")  # the paper's row order
+    assert summarise([str(tmp_path / "s0"), str(tmp_path / "missing")]) == 1
