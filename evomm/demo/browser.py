@@ -142,14 +142,15 @@ def ask_vlm(page, image: Path | None, question: str | None, example: int | None 
 
 
 def generate_images(page, prompt: str, timeout_ms: int = ANSWER_TIMEOUT_MS) -> None:
-    """Draw `prompt` with every SDXL model; returns when the merged (or first) image is shown."""
+    """Draw `prompt` with every SDXL model; returns when every model's image is shown."""
     import re
 
     page.get_by_role("tab", name=re.compile("Text-to-image")).click()
     page.locator("#t2i-prompt textarea").fill(prompt)
     page.locator("#t2i-generate").click()
     page.wait_for_function(
-        "() => [...document.querySelectorAll('[id^=t2i-image-] img')].some(img => img.naturalWidth > 0)",
+        "() => { const boxes = [...document.querySelectorAll('[id^=t2i-image-]')];"
+        " return boxes.length > 0 && boxes.every(b => b.querySelector('img')?.naturalWidth > 0); }",
         timeout=timeout_ms,
     )
 
