@@ -46,15 +46,16 @@ class ZooConfig:
     batch: int = 32
     vision_steps: int = 800
     vision_lr: float = 2e-3
-    base_steps: int = 1200
+    base_steps: int = 900
     base_lr: float = 3e-3
-    japanese_steps: int = 300
-    japanese_lr: float = 5e-4
-    projector_steps: int = 600
+    japanese_steps: int = 400
+    japanese_lr: float = 1e-3
+    projector_steps: int = 900
     projector_lr: float = 2e-3
-    vlm_steps: int = 400
-    vlm_lr: float = 5e-4
-    align_weight: float = 1.0
+    vlm_steps: int = 800
+    vlm_lr: float = 2e-3
+    align_weight: float = 1.0  # projector stage
+    full_align_weight: float = 0.0  # decoder + projector stage
     stage_seconds: dict = field(default_factory=dict)
 
     @classmethod
@@ -166,11 +167,13 @@ def build_zoo(out_dir: str | Path, cfg: ZooConfig | None = None, num_threads: in
         vlm.lm_head.load_state_dict(base.lm_head.state_dict())
         examples = T.vlm_corpus(train_items, IMAGE)
         common = dict(base=base, tokenizer=tokenizer, examples=examples, images=images,
-                      batch=cfg.batch, align_weight=cfg.align_weight, image_tokens=num_image_tokens())
+                      batch=cfg.batch, image_tokens=num_image_tokens())
         losses["projector"] = T.train_vlm(vlm, steps=cfg.projector_steps, lr=cfg.projector_lr,
+                                          align_weight=cfg.align_weight,
                                           seed=cfg.seed + 5, desc="vlm projector",
                                           train_decoder_too=False, **common)
         losses["vlm"] = T.train_vlm(vlm, steps=cfg.vlm_steps, lr=cfg.vlm_lr, seed=cfg.seed + 6,
+                                    align_weight=cfg.full_align_weight,
                                     desc="vlm full", train_decoder_too=True, **common)
         for p in vlm.parameters():
             p.requires_grad_(True)

@@ -177,6 +177,24 @@ def _summary_ja(scene: Scene) -> str:
     return f"{where}に{colour_adj}{SHAPES[scene.shape][1]}が{COUNTS[len(scene.cells)][1]}あります"
 
 
+def markup(scene: Scene) -> str:
+    """The scene in a language-neutral notation (like structured data in a pretraining corpus).
+
+    Both the English and the Japanese QA of the shared base read scenes in this notation, so
+    an image encoder that learns to look like it to the base is readable in both languages.
+    Codes: B background, L lit signal lamp + H/V orientation, C colour, S shape, N count,
+    P occupied quadrant.
+    """
+    code = lambda prefix, options, value: f"{prefix}{sorted(options).index(value) + 1}"  # noqa: E731
+    parts = [code("B", BACKGROUNDS, scene.background)]
+    if scene.kind == "signal":
+        parts += [code("L", SIGNALS, scene.colour), scene.shape[0].upper()]
+    else:
+        parts += [code("C", COLOURS, scene.colour), code("S", SHAPES, scene.shape), f"N{len(scene.cells)}"]
+        parts += [code("P", POSITIONS, cell) for cell in scene.cells]
+    return "[ " + " ".join(parts) + " ]"
+
+
 def question(item: Item, lang: str) -> str:
     return QUESTIONS[item.qtype][0 if lang == "en" else 1]
 
@@ -301,6 +319,8 @@ def write_dataset(out_dir: str | Path, sizes: dict[str, int], seed: int = 0) -> 
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     for split, items in make_splits(sizes, seed).items():
+        if not items:
+            continue
         lines = []
         for index, item in enumerate(items):
             rel = f"images/{split}_{index:05d}.png"

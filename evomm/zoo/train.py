@@ -118,14 +118,20 @@ def short_answer(item: D.Item) -> str:
 
 
 def base_corpus(items: Sequence[D.Item], rng: random.Random) -> list[Example]:
-    """Bilingual pretraining text: QA over written descriptions in both languages, and pairs."""
+    """Bilingual pretraining text about scenes.
+
+    QA in both languages over the language-neutral scene notation (English answers in full,
+    Japanese ones short: full Japanese sentences are the Japanese LM's skill), descriptions
+    of the notation in both languages, and English-Japanese sentence pairs.
+    """
     out = []
     for item in items:
+        code = D.markup(item.scene)
         en_desc, ja_desc = D.describe(item.scene, "en"), D.describe(item.scene, "ja")
-        en_q, ja_q = D.question(item, "en"), D.question(item, "ja")
-        out.append(Example(format_prompt(en_q, en_desc), D.answer(item, "en")))
-        out.append(Example(format_prompt(ja_q, ja_desc), short_answer(item)))
-        out.append(Example(format_prompt(ja_q, en_desc), short_answer(item)))
+        out.append(Example(format_prompt(D.question(item, "en"), code), D.answer(item, "en")))
+        out.append(Example(format_prompt(D.question(item, "ja"), code), short_answer(item)))
+        lang = rng.choice(("en", "ja"))
+        out.append(Example(format_prompt(D.CAPTION_QUESTION[lang == "ja"], code), D.describe(item.scene, lang)))
         if rng.random() < 0.5:
             out.append(Example(format_prompt(en_desc, TRANSLATE_EN_JA), ja_desc))
         else:
@@ -134,23 +140,20 @@ def base_corpus(items: Sequence[D.Item], rng: random.Random) -> list[Example]:
 
 
 def japanese_corpus(items: Sequence[D.Item]) -> list[Example]:
-    """Japanese-only instruction data: full-sentence answers over Japanese descriptions."""
-    return [
-        Example(format_prompt(D.question(item, "ja"), D.describe(item.scene, "ja")), D.answer(item, "ja"))
-        for item in items
-    ]
+    """Japanese instruction data: full-sentence Japanese answers about notated scenes."""
+    return [Example(format_prompt(D.question(item, "ja"), D.markup(item.scene)), D.answer(item, "ja"))
+            for item in items]
 
 
 def vlm_corpus(items: Sequence[D.Item], image_token: str) -> list[Example]:
-    """English image QA and captions; each keeps its text-context twin for alignment."""
+    """English image QA and captions; each keeps its notation twin for the alignment loss."""
     out = []
     for index, item in enumerate(items):
-        en_desc = D.describe(item.scene, "en")
-        en_q = D.question(item, "en")
-        out.append(Example(format_prompt(en_q, image_token), D.answer(item, "en"), index,
-                           format_prompt(en_q, en_desc)))
-        out.append(Example(format_prompt(D.CAPTION_QUESTION[0], image_token), en_desc, index,
-                           format_prompt(D.CAPTION_QUESTION[0], en_desc)))
+        code = D.markup(item.scene)
+        for question, target in ((D.question(item, "en"), D.answer(item, "en")),
+                                 (D.CAPTION_QUESTION[0], D.describe(item.scene, "en"))):
+            out.append(Example(format_prompt(question, image_token), target, index,
+                               format_prompt(question, code)))
     return out
 
 
@@ -159,6 +162,7 @@ def tokenizer_corpus(items: Sequence[D.Item]) -> list[str]:
     for item in items:
         for lang in ("en", "ja"):
             texts += [D.question(item, lang), D.answer(item, lang), D.describe(item.scene, lang)]
+        texts.append(D.markup(item.scene))
     return texts
 
 
@@ -233,7 +237,7 @@ def train_vlm(vlm, base, tokenizer, examples, images, steps, lr, batch, seed, de
 
     The alignment loss asks the decoder, reading the image, to hold the same hidden states
     (at every layer, on the question and answer tokens) as the frozen base holds when it
-    reads the written English description instead. Image tokens then behave like a
+    reads the scene's notation instead. Image tokens then behave like a
     description, which any language pathway of the base can read — not only the English
     question pathway that the QA loss alone would carve out.
     """
