@@ -74,3 +74,12 @@ def test_prompt_tokens_are_a_prefix_of_the_training_sequence(small_zoo):
     prompt_ids = tokenizer(example.prompt).input_ids
     assert ids[0, : len(prompt_ids)].tolist() == prompt_ids
     assert tokenizer.decode(ids[0][labels[0] != -100], skip_special_tokens=True).strip() == "赤です。"
+
+
+def test_cli_refuses_small_build_over_the_shipped_zoo_and_bad_zoo_dirs(tmp_path, capsys):
+    from evomm.cli import main
+
+    assert main(["zoo", "build", "--small"]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert main(["zoo", "check", "--zoo", str(tmp_path)]) == 2
+    assert "hashes.json" in capsys.readouterr().err

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from evomm.errors import CheckpointError
+from evomm.errors import CheckpointError, ConfigError, EvommError
 
-SHIPPED = Path(__file__).resolve().parents[2] / "assets" / "zoo"
+from evomm.zoo import SHIPPED_ZOO as SHIPPED  # noqa: E402
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
     build = sub.add_parser("build", help="train the zoo from scratch (about 20-30 min on one CPU thread)")
-    build.add_argument("--out", default=str(SHIPPED), help="output directory (default: the shipped zoo)")
+    build.add_argument("--out", default=None,
+                       help="output directory (default: the shipped zoo, assets/zoo; required with --small)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--num-threads", type=int, default=1)
     build.add_argument("--small", action="store_true", help="a seconds-long shrunken zoo (for tests)")
@@ -39,6 +41,14 @@ def check_zoo(zoo: str | Path) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except EvommError as exc:
+        print(f"evomm zoo: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.action == "check":
         problems = check_zoo(args.zoo)
         for problem in problems:
@@ -47,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
         return 0 if not problems else 1
     from evomm.zoo.build import ZooConfig, build_zoo
 
+    if args.small and args.out is None:
+        raise ConfigError("--small needs --out DIR (it must not replace the shipped zoo)")
     cfg = ZooConfig.small(args.seed) if args.small else ZooConfig(seed=args.seed)
-    out = build_zoo(args.out, cfg, num_threads=args.num_threads)
+    out = build_zoo(args.out or SHIPPED, cfg, num_threads=args.num_threads)
     print(f"zoo written to {out}")
     return 0
