@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 from evomm.errors import CheckpointError, ConfigError, EvommError
-
-from evomm.zoo import SHIPPED_ZOO as SHIPPED  # noqa: E402
+from evomm.zoo import SHIPPED_ZOO as SHIPPED
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
