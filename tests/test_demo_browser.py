@@ -29,11 +29,20 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo_browser")
     shipped = config_from(None, env={})
     args: list[str] = []
-    if shipped.merged is None or len(shipped.parents) < 2:
+    if shipped.merged is not None and len(shipped.parents) >= 2:  # the toy zoo and its merge
+        merged, parents = shipped.merged, shipped.parents
+        args += ["--merged", f"{merged.name}={merged.path}",
+                 "--parents", ",".join(f"{p.name}={p.path}" for p in parents)]
+    else:
         models = tiny_vlm_pair(root / "models")
         args += ["--merged", f"merged={models['merged']}",
                  "--parents", f"english_vlm={models['english_vlm']},japanese_lm={models['japanese_lm']}"]
-    if not shipped.has_sdxl:
+    if shipped.has_sdxl:  # the toy SDXL zoo (and an evolved pipeline, if any)
+        if shipped.sdxl_merged is not None:
+            args += ["--sdxl", f"{shipped.sdxl_merged.name}={shipped.sdxl_merged.path}"]
+        if shipped.sdxl_parents:
+            args += ["--sdxl-parents", ",".join(f"{p.name}={p.path}" for p in shipped.sdxl_parents)]
+    else:
         sdxl = tiny_sdxl_pipelines(root / "sdxl")
         args += ["--sdxl", f"merged={sdxl['merged']}", "--sdxl-parents", f"japanese={sdxl['japanese']}"]
     if not shipped.examples_dir:
