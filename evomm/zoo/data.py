@@ -310,7 +310,6 @@ def records(item: Item, image_path: str) -> Iterator[dict]:
             "keywords": keys,
             "distractors": distractors,
             "lang": lang,
-            "context": describe(item.scene, lang),
         }
 
 
