@@ -62,6 +62,14 @@ def task_arithmetic(base, vlm, ja, a: list[float], b: list[float], num_layers: i
     return out
 
 
+def ties_merge(base, vlm, ja, a: float, b: float, density: float):
+    """Uniform TIES via the library (evomm.merge.methods.ties, unnormalised)."""
+    from evomm.merge.methods import ties
+
+    return {name: ties(theta, [vlm[name], ja[name]], [a, b], [density, density], normalize=False)
+            for name, theta in base.items()}
+
+
 def load_decoder_into(vlm_model, state: dict[str, torch.Tensor]) -> None:
     lm = vlm_model.model.language_model
     lm.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
@@ -74,6 +82,7 @@ def main() -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--sweeps", type=int, default=3, help="sweeps of the per-layer greedy search")
     parser.add_argument("--budget", type=int, default=60, help="most merges the search may evaluate")
+    parser.add_argument("--ties", action="store_true", help="also try uniform TIES merges (evomm.merge.methods)")
     parser.add_argument("--num-threads", type=int, default=1)
     parser.add_argument("--json", default="", help="write all results here")
     args = parser.parse_args()
@@ -117,6 +126,12 @@ def main() -> int:
     for a in (0.5, 1.0):
         for b in (0.5, 1.0, 1.5):
             evaluate_merge(f"uniform TA a={a} b={b}", [a] * slots, [b] * slots)
+    if args.ties:
+        for a, b, density in ((0.5, 1.0, 0.5), (0.5, 1.0, 0.8), (1.0, 1.0, 0.5)):
+            load_decoder_into(vlm, ties_merge(base, vlm_dec, ja_dec, a, b, density))
+            res = score_answers(test, answer_with_vlm(vlm, processor, test))
+            report(f"TIES a={a} b={b} d={density}", res)
+            results[f"TIES a={a} b={b} d={density}"] = res
     uniform = {k: v for k, v in results.items() if k.startswith("uniform")}
     best_uniform = max(uniform, key=lambda k: uniform[k]["rougeL"])
     print(f"best uniform by ROUGE-L: {best_uniform}")
