@@ -174,10 +174,14 @@ def test_a_stage_must_be_one_of_the_runs_stages(runs_root, stage):
 
 
 def test_results_table_orders_known_models_first_and_skips_non_numbers():
-    headers, rows = results_table({"models": {"zeta": {"rougeL": 1}, "ps": {"rougeL": 2.345, "note": "x"},
-                                              "english_vlm": {"rougeL": 3}}})
-    assert headers == ["model", "rougeL"]
-    assert rows == [["english_vlm", 3.0], ["ps", 2.35], ["zeta", 1.0]]
+    headers, rows = results_table({"models": {
+        "zeta": {"rougeL": 1, "n": 400, "seconds": 3.2},
+        "ps": {"keyword_acc": 50.0, "rougeL": 2.345, "note": "x", "by_type": {"colour": 90.04, "shape": 95}},
+        "english_vlm": {"rougeL": 3, "ok": True},
+    }})
+    assert headers == ["model", "rougeL", "keyword_acc", "colour %", "shape %"]
+    assert rows == [["english_vlm", 3.0, None, None, None], ["ps", 2.35, 50.0, 90.0, 95.0],
+                    ["zeta", 1.0, None, None, None]]
 
 
 def test_a_run_with_missing_files_says_what_is_missing(tmp_path):

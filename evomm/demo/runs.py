@@ -91,28 +91,48 @@ def _read_text(path: Path | None) -> str:
     return text + ("\n… (truncated)" if len(data) > MAX_TEXT_BYTES else "")
 
 
+#: Bookkeeping numbers in results.json that are not scores.
+NOT_SCORES = frozenset({"n", "seconds", "count", "evaluations"})
+#: Preferred column order; other scores follow, then per-type breakdowns (`by_type`).
+METRIC_ORDER = ("rougeL", "rougeL_strict", "keyword_acc", "clip_score")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def results_table(results: dict) -> tuple[list[str], list[list[object]]]:
-    """`results.json` → (headers, rows): one row per model, one column per metric."""
+    """`results.json` → (headers, rows): one row per model, one column per score.
+
+    Top-level numbers of each model are scores (bookkeeping like `n` or `seconds` excepted);
+    a `by_type` dict adds one column per type (e.g. key-word accuracy per question type).
+    """
     models = results.get("models") if isinstance(results, dict) else None
     if not isinstance(models, dict) or not models:
         return [], []
     metrics: list[str] = []
+    kinds: list[str] = []
     for scores in models.values():
-        if isinstance(scores, dict):
-            for key, value in scores.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in metrics:
-                    metrics.append(key)
+        if not isinstance(scores, dict):
+            continue
+        for key, value in scores.items():
+            if _number(value) and key not in NOT_SCORES and key not in metrics:
+                metrics.append(key)
+        for kind, value in (scores.get("by_type") or {}).items():
+            if _number(value) and kind not in kinds:
+                kinds.append(kind)
+    metrics.sort(key=lambda m: METRIC_ORDER.index(m) if m in METRIC_ORDER else len(METRIC_ORDER))
     order = {name: i for i, name in enumerate(MODEL_ORDER)}
     names = sorted(models, key=lambda n: (order.get(n, len(order)), n))
     rows = []
     for name in names:
         scores = models[name] if isinstance(models[name], dict) else {}
+        by_type = scores.get("by_type") if isinstance(scores.get("by_type"), dict) else {}
         row: list[object] = [name]
-        for metric in metrics:
-            value = scores.get(metric)
-            row.append(round(float(value), 2) if isinstance(value, (int, float)) else None)
+        row += [round(float(scores[m]), 2) if _number(scores.get(m)) else None for m in metrics]
+        row += [round(float(by_type[k]), 1) if _number(by_type.get(k)) else None for k in kinds]
         rows.append(row)
-    return ["model", *metrics], rows
+    return ["model", *metrics, *(f"{k} %" for k in kinds)], rows
 
 
 def dfs_summary(recipe: object) -> str:
@@ -193,7 +213,10 @@ def load_run(root: str | Path, name: str, stage: str | None = None) -> RunView:
     view = RunView(name=name, path=path, stages=stages, stage=stage)
     view.fitness_plot = file_within(stage_path, "fitness.png")
     view.genome_plot = file_within(stage_path, "genome.png")
-    view.grid_plot = file_within(stage_path, "grid.png") or file_within(path, "grid.png")
+    view.grid_plot = next(
+        (p for p in (file_within(stage_path, "grid.png"), file_within(path, "grid.png"), file_within(path, "report.png"))
+         if p), None
+    )
     view.recipe_path = file_within(stage_path, "best_recipe.yml")
     view.recipe_text = _read_text(view.recipe_path)
     if view.recipe_text:
