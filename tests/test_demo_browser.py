@@ -114,7 +114,8 @@ def test_dashboard_shows_the_results_table_of_a_run(setup):
     table = page.locator("#run-table")
     table.get_by_text("keyword_acc").first.wait_for(timeout=30_000)
     assert "best_uniform" in table.inner_text()
-    assert "Toy run" in page.locator("#run-report").inner_text()
+    page.get_by_text("report.md (click to open)").click()
+    page.locator("#run-report").get_by_text("Toy run").first.wait_for(timeout=30_000)
 
 
 def test_text_to_image_tab_generates_an_image(setup):

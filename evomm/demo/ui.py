@@ -268,7 +268,7 @@ def _dashboard_tab(config: DemoConfig, handlers: DemoHandlers, app: gr.Blocks) -
             recipe = gr.Code(language="yaml", label="best_recipe.yml", interactive=False, elem_id="run-recipe",
                              max_lines=24)
             download = gr.DownloadButton("Download best_recipe.yml", elem_id="run-download", visible=False)
-    with gr.Accordion("report.md", open=True):
+    with gr.Accordion("report.md (click to open)", open=False, elem_id="run-report-accordion"):
         report = gr.Markdown(elem_id="run-report")
 
     def render(view):
