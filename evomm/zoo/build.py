@@ -55,7 +55,7 @@ class ZooConfig:
     vlm_steps: int = 800
     vlm_lr: float = 2e-3
     align_weight: float = 1.0  # projector stage
-    full_align_weight: float = 0.0  # decoder + projector stage
+    full_align_weight: float = 1.0  # decoder + projector stage
     stage_seconds: dict = field(default_factory=dict)
 
     @classmethod
