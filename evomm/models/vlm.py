@@ -8,6 +8,7 @@ with beams in batches, and returns the stripped answers.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -136,10 +137,9 @@ class VLMGenerator:
         return cls(model, processor, template=template, generation=generation, device=device,
                    **kwargs)
 
-    def with_model(self, model: torch.nn.Module) -> VLMGenerator:
+    def with_model(self, model: torch.nn.Module) -> "VLMGenerator":
         """The same processor, template and settings around another (in-memory) model."""
-        clone = object.__new__(VLMGenerator)
-        clone.__dict__.update(self.__dict__)
+        clone = copy.copy(self)  # keeps the class: a subclass's prompt layout survives
         clone.model = model.eval()
         return clone
 

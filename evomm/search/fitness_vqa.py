@@ -25,7 +25,6 @@ sentence frame from winning on ROUGE-L alone.
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import re
@@ -169,12 +168,6 @@ class PromptVLMGenerator(VLMGenerator):
             raise ConfigError(f"prompt {prompt!r} has no {{question}} field")
         super().__init__(model, processor, template="plain", **kwargs)
         self.prompt = prompt
-
-    def with_model(self, model) -> PromptVLMGenerator:
-        # VLMGenerator.with_model builds a plain VLMGenerator, which would drop build_prompt below
-        clone = copy.copy(self)
-        clone.model = model.eval()
-        return clone
 
     def build_prompt(self, question: str) -> str:
         return _squeeze_spaces(self.prompt.format(image=self.image_token, question=question))
