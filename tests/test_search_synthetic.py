@@ -123,3 +123,32 @@ def test_evolve_command_end_to_end_writes_a_rerunnable_recipe_and_model(zoo, tmp
     # and its fitness is the best fitness the search recorded
     evaluator = SyntheticTargetEvaluator(zoo["target"])
     assert evaluator.evaluate(yaml.safe_load((run_dir / "best_recipe.yml").read_text())) == result["best_fitness"]
+
+
+def test_seed_flag_equals_the_seed_in_the_config(zoo, tmp_path):
+    """`--seed N` runs exactly what `seed: N` in the config runs, and a different seed differs."""
+    from evomm.cli import main
+
+    def config(seed: int) -> dict:
+        return {
+            "seed": seed,
+            "sources": {"base": zoo["base"], "a": zoo["a"], "b": zoo["b"]},
+            "space": {"type": "ps", "method": "task_arithmetic", "base_model": "base", "models": ["a", "b"],
+                      "layers_per_group": 4},
+            "fitness": {"metric": "synthetic_target", "options": {"target": zoo["target"]}},
+            "optimizer": {"name": "cmaes", "popsize": 3, "generations": 1},
+        }
+
+    def genomes(run_dir):
+        return [json.loads(line)["genome"] for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
+
+    (tmp_path / "s0.yml").write_text(yaml.safe_dump(config(0)))
+    (tmp_path / "s1.yml").write_text(yaml.safe_dump(config(1)))
+    assert main(["evolve", str(tmp_path / "s0.yml"), "--out", str(tmp_path / "flag"), "--seed", "1", "--no-progress"]) == 0
+    assert main(["evolve", str(tmp_path / "s1.yml"), "--out", str(tmp_path / "file"), "--no-progress"]) == 0
+    assert main(["evolve", str(tmp_path / "s0.yml"), "--out", str(tmp_path / "zero"), "--no-progress"]) == 0
+    assert genomes(tmp_path / "flag") == genomes(tmp_path / "file") != genomes(tmp_path / "zero")
+    assert yaml.safe_load((tmp_path / "flag" / "config.yml").read_text())["seed"] == 1
+    # resuming with the same flag is the same run
+    assert main(["evolve", str(tmp_path / "s0.yml"), "--out", str(tmp_path / "flag"), "--seed", "1",
+                 "--resume", "--no-progress"]) == 0

@@ -22,6 +22,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out after its last completed generation")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or per-generation lines")
     parser.add_argument("--num-threads", type=int, default=None, help="torch threads (overrides the config)")
+    parser.add_argument("--seed", type=int, default=None, help="run seed (overrides the config's `seed:`)")
+
+
+def _config_text(path: Path, seed: int | None) -> str:
+    """The config as run: the file itself, or with `seed:` replaced when --seed overrides it."""
+    text = path.read_text(encoding="utf-8")
+    if seed is None:
+        return text
+    import yaml
+
+    data = yaml.safe_load(text)
+    data["seed"] = seed
+    return f"# {path.name} run with --seed {seed}\n" + yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         if args.num_threads:
             config.num_threads = args.num_threads
+        if args.seed is not None:
+            config.seed = args.seed
         import torch
 
         torch.set_num_threads(config.num_threads)
@@ -44,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             raise EvommError(f"{out} is not empty; pass --resume to continue the run there, or choose a new --out")
         out.mkdir(parents=True, exist_ok=True)
         if not used or not config_copy.exists():
-            atomic_write_text(config_copy, Path(args.config).read_text(encoding="utf-8"))
+            atomic_write_text(config_copy, _config_text(Path(args.config), args.seed))
         results = run_all(config, out, resume=args.resume, progress=not args.no_progress)
     except EvommError as exc:
         print(f"evomm evolve: {exc}", file=sys.stderr)
