@@ -94,3 +94,41 @@ def test_render_draws_the_named_colour():
         ci, _ = data.class_names(label)
         brightest = img.reshape(-1, 3)[img.reshape(-1, 3).sum(1).argmax()]
         assert np.abs(brightest - np.array(data.COLOURS[ci][1])).max() < 0.1
+
+
+def test_toy_pipeline_report_on_the_small_zoo(zoo, tmp_path):
+    """The toy config's held-out report: four named models, a grid, a loadable evolved pipeline."""
+    from pathlib import Path
+
+    import numpy as np
+    import yaml
+    from diffusers import StableDiffusionXLPipeline
+
+    from evomm.search.config import load_config
+    from evomm.search.fitness_sdxl import report_run
+    from evomm.search.stages import build_space
+
+    out, _ = zoo
+    text = (Path(__file__).resolve().parent.parent / "pipelines" / "toy_evosdxl_jp.yml").read_text(encoding="utf-8")
+    config_path = tmp_path / "toy.yml"
+    config_path.write_text(text.replace("../assets/sdxl_zoo", str(out)), encoding="utf-8")
+    config = load_config(config_path)
+    space = build_space(config.stages[0].space, config.sources, config.seed)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    genome = np.random.default_rng(0).uniform(space.lower, space.upper)
+    (run_dir / "best_recipe.yml").write_text(yaml.safe_dump(space.decode(genome)))
+    result = report_run(config_path, run_dir, log=lambda *_: None)
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert set(saved["models"]) >= {"japanese_parent", "fewstep_parent", "uniform", "evolved"}
+    assert all(0.0 <= m["clip_score"] <= 100.0 for m in saved["models"].values())
+    assert saved["models"] == json.loads(json.dumps(result["models"]))
+    assert (run_dir / "grid.png").is_file()
+    pipe = StableDiffusionXLPipeline.from_pretrained(run_dir / "pipeline", local_files_only=True)
+    from safetensors.torch import load_file
+
+    # the saved pipeline carries the evolved UNet (not the Japanese parent's)
+    evolved_unet = load_file(str(run_dir / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"))
+    parent_unet = load_file(str(out / "japanese" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert any(not torch.equal(evolved_unet[k].float(), parent_unet[k].float()) for k in parent_unet)
+    assert pipe.tokenizer("赤い丸").input_ids[1] != pipe.tokenizer("青い丸").input_ids[1]

@@ -276,7 +276,7 @@ def report_run(config_path: str | Path, run_dir: str | Path, split: str = "heldo
     best_recipe = run_dir / "best_recipe.yml"
     if not best_recipe.exists():
         raise ConfigError(f"{run_dir}: no best_recipe.yml (has the evolve run finished?)")
-    specs = {"uniform": space.decode(space.initial()),
+    specs = {"uniform": _uniform_spec(space),
              "evolved": yaml.safe_load(best_recipe.read_text(encoding="utf-8"))}
     if stage.space.method == "slerp":
         specs["fewstep_unet_ja_text"] = space.decode(space.encode({"t": 1.0}))
@@ -321,6 +321,16 @@ def report_run(config_path: str | Path, run_dir: str | Path, split: str = "heldo
 
     atomic_write_text(run_dir / "results.json", json.dumps(out, indent=1, ensure_ascii=False))
     return out
+
+
+def _uniform_spec(space) -> dict[str, Any]:
+    """The plain uniform merge: equal weights (1/n linear, 0.5 otherwise), t = 0.5, density 0.5.
+
+    Built explicitly rather than from the search's starting point, which a config may move.
+    """
+    n = len(getattr(space, "merged_models", [])) or 1
+    weight = 1.0 / n if getattr(space, "method", "") == "linear" else 0.5
+    return space.decode(space.encode({"t": 0.5, "weight": weight, "density": 0.5}))
 
 
 def _write_grid(path: Path, prompts: list[PromptItem], images: dict[str, torch.Tensor], order: list[str],
