@@ -124,16 +124,33 @@ def ask_vlm(page, image: Path | None, question: str | None, example: int | None 
     import re
 
     page.get_by_role("tab", name=re.compile("VLM")).click()
+    before = page.locator("#vlm-image img").first.get_attribute("src") if page.locator("#vlm-image img").count() else None
     if example is not None:
-        page.locator("#vlm-examples tr.tr-body").nth(example).click()
+        row = page.locator("#vlm-examples tr.tr-body").nth(example)
+        example_question = row.locator("td").nth(1).inner_text().strip()
+        row.click()
+        page.wait_for_function(
+            "q => document.querySelector('#vlm-question textarea')?.value === q", arg=example_question, timeout=30_000
+        )
     else:
         page.locator("#vlm-image input[type=file]").set_input_files(str(image))
-    page.locator("#vlm-image img").first.wait_for(timeout=30_000)
+    page.wait_for_function(  # the new image is shown (not the previous one)
+        "before => { const img = document.querySelector('#vlm-image img');"
+        " return img && img.getAttribute('src') !== before && img.naturalWidth > 0; }",
+        arg=before, timeout=30_000,
+    )
     if question is not None:
         page.locator("#vlm-question textarea").fill(question)
+    # the status may still say "done" from an earlier request: watch it leave "done" first
+    page.evaluate(
+        "() => { const el = document.querySelector('#vlm-status'); window.__evommLeftDone = false;"
+        " new MutationObserver(() => { if (!el.innerText.startsWith('done')) window.__evommLeftDone = true; })"
+        ".observe(el, {subtree: true, childList: true, characterData: true}); }"
+    )
     page.locator("#vlm-ask").click()
     page.wait_for_function(
-        "() => (document.querySelector('#vlm-status')?.innerText || '').startsWith('done')", timeout=timeout_ms
+        "() => window.__evommLeftDone && document.querySelector('#vlm-status').innerText.startsWith('done')",
+        timeout=timeout_ms,
     )
     answers = {}
     for box in page.locator("[id^=vlm-answer-]").all():

@@ -262,9 +262,8 @@ def _dashboard_tab(config: DemoConfig, handlers: DemoHandlers, app: gr.Blocks) -
     with gr.Row():
         with gr.Column():
             table = gr.Dataframe(label="Results (results.json)", interactive=False, elem_id="run-table")
-            grid = gr.Image(label="Summary figure (report.png / image grid)", show_label=False, interactive=False,
-                            visible=False,
-                            elem_id="run-grid")
+            grid = gr.Image(label="Summary figure (report.png / image grid)", show_label=False,
+                            interactive=False, visible=False, elem_id="run-grid")
         with gr.Column():
             recipe = gr.Code(language="yaml", label="best_recipe.yml", interactive=False, elem_id="run-recipe",
                              max_lines=24)
