@@ -14,8 +14,9 @@ import pytest
 
 from evomm.demo import browser
 from evomm.demo.config import config_from
-from evomm.demo.fixtures import example_image, fabricate_run, short_evolution, tiny_sdxl_pipelines, tiny_vlm_pair
+from evomm.demo.fixtures import example_image, short_evolution, tiny_sdxl_pipelines, tiny_vlm_pair
 from evomm.metrics.language import ScriptLanguageDetector
+from evomm.testing.toy_run import short_toy_run
 
 QUESTION = "この図形は何色ですか？"
 
@@ -51,7 +52,8 @@ def setup(tmp_path_factory):
         write_dataset(root / "examples", {"test": 3}, seed=0)  # the zoo's JSONL+PNG layout
         args += ["--examples", str(root / "examples")]
     short_evolution(root / "runs" / "short_evolution", root / "evolution_sources")  # the real engine
-    fabricate_run(root / "runs" / "with_report", seed=0, generations=4)  # + results.json / report.md
+    # the README's main command, shortened: PS, DFS, PS+DFS and the held-out report on the toy zoo
+    short_toy_run(root / "runs" / "toy_evolution", root / "toy_work")
     args += ["--runs-root", str(root / "runs")]
     image = example_image(root / "upload" / "circle.png", seed=1)
     not_image = root / "upload" / "notes.png"
@@ -108,14 +110,15 @@ def test_dashboard_shows_an_evolution_run(setup):
     )
 
 
-def test_dashboard_shows_the_results_table_of_a_run(setup):
+def test_dashboard_shows_a_toy_evolution_with_its_plot_and_table(setup):
     page, *_ = setup
-    browser.open_dashboard(page, run="with_report")
+    browser.open_dashboard(page, run="toy_evolution")  # waits until the fitness plot is drawn
     table = page.locator("#run-table")
     table.get_by_text("keyword_acc").first.wait_for(timeout=30_000)
-    assert "best_uniform" in table.inner_text()
+    text = table.inner_text()
+    assert all(name in text for name in ("english_vlm", "japanese_lm", "best_uniform", "ps_dfs"))
     page.get_by_text("report.md (click to open)").click()
-    page.locator("#run-report").get_by_text("Toy run").first.wait_for(timeout=30_000)
+    page.locator("#run-report").get_by_text("held-out results").first.wait_for(timeout=30_000)
 
 
 def test_text_to_image_tab_generates_an_image(setup):

@@ -16,35 +16,19 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from evomm.cli import main
 from evomm.errors import ConfigError
+from evomm.testing.toy_run import short_toy_config
 
 ROOT = Path(__file__).resolve().parents[1]
-TOY = ROOT / "pipelines" / "toy_evovlm_jp.yml"
 ZOO = Path(os.environ.get("EVOMM_TOY_ZOO", ROOT / "assets" / "zoo"))
 JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 NAMES = {"english_vlm", "japanese_lm", "uniform_50", "best_uniform", "ps", "dfs", "ps_dfs"}
 
 
 def _short_config(tmp_path: Path) -> Path:
-    """The shipped pipeline with the zoo's paths made absolute and a tiny budget."""
-    config = yaml.safe_load(TOY.read_text())
-    config["sources"] = {"base": str(ZOO / "base"), "vlm": str(ZOO / "english_vlm"), "ja": str(ZOO / "japanese_lm")}
-    config["fitness"]["dataset"] = str(ZOO / "data")
-    config["fitness"]["n_samples"] = 10
-    config["optimizer"].update(popsize=2, generations=1)
-    for stage in config["stages"]:
-        stage.get("optimizer", {}).update(popsize=2, generations=1)
-    # one generation of two candidates: keep them near the 50/50 merge, which answers in Japanese
-    config["stages"][0]["space"]["initial_values"] = {"weight": 0.5}
-    config["stages"][0]["optimizer"]["sigma0"] = 0.05
-    config["extras"]["report"].update(dataset=str(ZOO / "data"), n_test=10, n_fitness=10,
-                                      uniform_grid=[[0.5, 0.5], [0.5, 1.0]], max_new_tokens=24)
-    path = tmp_path / "toy.yml"
-    path.write_text(yaml.safe_dump(config, allow_unicode=True))
-    return path
+    return short_toy_config(tmp_path, ZOO)
 
 
 def test_shortened_main_command_end_to_end(tmp_path, capsys):
