@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from evomm.errors import ConfigError
-from evomm.search.fitness_sdxl import ClipScorer, load_prompts
+from evomm.metrics.clip_score import ClipScorer
+from evomm.search.fitness_sdxl import load_prompts
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,10 +32,11 @@ def clip_dir(tmp_path_factory):
 
 
 def test_clip_score_is_100_times_clipped_cosine(clip_dir):
-    scorer = ClipScorer(f"local-dir:{clip_dir}")
+    """The fitness scores the zoo's open_clip (local-dir layout) with the metrics' ClipScorer."""
+    scorer = ClipScorer(f"local-dir:{clip_dir}", batch_size=3)
     images = torch.rand(4, 3, 32, 32)
     texts = ["a red circle", "a blue square", "a red circle", "x"]
-    got = scorer.scores(images, texts, batch_size=3)
+    got = torch.from_numpy(scorer.score_tensors(images, texts)).float()
     x = (images - 0.5) / 0.5
     img = torch.nn.functional.normalize(scorer.model.encode_image(x), dim=-1)
     txt = torch.nn.functional.normalize(scorer.model.encode_text(scorer.tokenizer(texts)), dim=-1)
@@ -42,7 +44,7 @@ def test_clip_score_is_100_times_clipped_cosine(clip_dir):
     torch.testing.assert_close(got, want.detach(), atol=1e-4, rtol=1e-4)
     assert (got >= 0).all() and (got <= 100).all()
     # other image sizes are resized to the scorer's input
-    assert scorer.scores(torch.rand(2, 3, 64, 64), texts[:2]).shape == (2,)
+    assert scorer.score_tensors(torch.rand(2, 3, 64, 64), texts[:2]).shape == (2,)
 
 
 def test_load_prompts(tmp_path):

@@ -76,53 +76,11 @@ def load_prompts(path: str | Path, split: str | None = None, n: int | None = Non
     return items
 
 
-class ClipScorer:
-    """open_clip image-text score: 100 * max(cos, 0) per (image, text) pair.
+def _clip_scorer(name: str, pretrained: str | None, device: str):
+    """The project's one CLIPScore implementation (100 * max(cos, 0)), batched for a prompt set."""
+    from evomm.metrics.clip_score import ClipScorer
 
-    Uses `evomm.metrics.clip_score` when present (one implementation for eval and search);
-    the local fallback computes the same formula.
-    """
-
-    def __init__(self, model_name: str, pretrained: str | None = None, device: str = "cpu"):
-        import open_clip
-
-        self.device = torch.device(device)
-        self.model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained, device=self.device)
-        self.model.eval()
-        self.tokenizer = open_clip.get_tokenizer(model_name)
-        # tensor-side preprocessing: resize to the model's input, then its normalisation
-        size = self.model.visual.image_size
-        self.size = size if isinstance(size, (tuple, list)) else (size, size)
-        norm = [t for t in preprocess.transforms if type(t).__name__ == "Normalize"][0]
-        self.mean = torch.tensor(norm.mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(norm.std).view(1, 3, 1, 1)
-        self._text_cache: dict[str, torch.Tensor] = {}
-
-    @torch.no_grad()
-    def _text_features(self, texts: list[str]) -> torch.Tensor:
-        todo = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
-        if todo:
-            feats = self.model.encode_text(self.tokenizer(todo).to(self.device)).float()
-            for t, f in zip(todo, torch.nn.functional.normalize(feats, dim=-1)):
-                self._text_cache[t] = f
-        return torch.stack([self._text_cache[t] for t in texts])
-
-    @torch.no_grad()
-    def scores(self, images: torch.Tensor, texts: list[str], batch_size: int = 256) -> torch.Tensor:
-        """(N,) scores for images (N, 3, H, W) in [0, 1] against their texts."""
-        import torch.nn.functional as F
-
-        out = []
-        for start in range(0, len(images), batch_size):
-            x = images[start:start + batch_size].float()
-            if tuple(x.shape[-2:]) != tuple(self.size):
-                x = F.interpolate(x, size=self.size, mode="bicubic", align_corners=False).clamp(0, 1)
-            x = ((x - self.mean) / self.std).to(self.device)
-            img = F.normalize(self.model.encode_image(x).float(), dim=-1)
-            txt = self._text_features(texts[start:start + batch_size])
-            out.append(100.0 * (img * txt).sum(-1).clamp(min=0).cpu())
-        return torch.cat(out)
+    return ClipScorer(name, pretrained=pretrained, device=device, batch_size=256)
 
 
 def resolve_clip_name(name: str, base: Path | None) -> str:
@@ -138,7 +96,7 @@ def resolve_clip_name(name: str, base: Path | None) -> str:
 class SDXLClipFitness:
     """Evaluator: recipe spec -> mean CLIP score of the merged UNet's images on the prompt set."""
 
-    def __init__(self, candidate, scorer: ClipScorer, prompts: list[PromptItem], score_text: str = "gloss",
+    def __init__(self, candidate, scorer, prompts: list[PromptItem], score_text: str = "gloss",
                  images_dir: str | Path | None = None, grid_columns: int = 18):
         if score_text not in ("gloss", "text"):
             raise ConfigError("fitness.options.score_text: must be 'gloss' or 'text'")
@@ -153,8 +111,9 @@ class SDXLClipFitness:
         self.evaluations = 0
         self.last_seconds: dict[str, float] = {}
 
-    def score_images(self, images: torch.Tensor) -> torch.Tensor:
-        return self.scorer.scores(images, self.score_texts)
+    def score_images(self, images: torch.Tensor):
+        """Per-prompt scores (numpy) of images (N, 3, H, W) in [0, 1]."""
+        return self.scorer.score_tensors(images, self.score_texts)
 
     def evaluate(self, spec: dict[str, Any]) -> float:
         import time
@@ -222,8 +181,8 @@ def sdxl_clip_score(ctx: FitnessContext) -> SDXLClipFitness:
     sampler = SamplerSettings.from_dict(ctx.generation)
     candidate = SDXLCandidatePipeline(pipeline_path, sampler, device=ctx.device, dtype=_dtype(opts),
                                       config_dir=opts.get("config_dir"))
-    scorer = ClipScorer(resolve_clip_name(opts["clip_model"], dataset.parent),
-                        opts.get("clip_pretrained"), device=ctx.device)
+    scorer = _clip_scorer(resolve_clip_name(opts["clip_model"], dataset.parent),
+                          opts.get("clip_pretrained"), device=ctx.device)
     images_dir = opts.get("images_dir") or (Path(ctx.run_dir) / "images" if getattr(ctx, "run_dir", None) else None)
     return SDXLClipFitness(candidate, scorer, prompts, opts.get("score_text", "gloss"), images_dir)
 
@@ -268,8 +227,8 @@ def report_run(config_path: str | Path, run_dir: str | Path, split: str = "heldo
     pipeline_path = _source_path(ctx, opts["pipeline"])
     prompts = load_prompts(_dataset_path(ctx.dataset, pipeline_path), split)
     sampler = SamplerSettings.from_dict({**ctx.generation, "seed": seed})
-    scorer = ClipScorer(resolve_clip_name(opts["clip_model"], _dataset_path(ctx.dataset, pipeline_path).parent),
-                        opts.get("clip_pretrained"), device=ctx.device)
+    scorer = _clip_scorer(resolve_clip_name(opts["clip_model"], _dataset_path(ctx.dataset, pipeline_path).parent),
+                          opts.get("clip_pretrained"), device=ctx.device)
     texts = [p.gloss if opts.get("score_text", "gloss") == "gloss" else p.text for p in prompts]
 
     space = build_space(stage.space, dict(config.sources), config.seed)
@@ -285,8 +244,8 @@ def report_run(config_path: str | Path, run_dir: str | Path, split: str = "heldo
     images: dict[str, torch.Tensor] = {}
 
     def record(name: str, imgs: torch.Tensor) -> None:
-        s = scorer.scores(imgs, texts)
-        results[name] = {"clip_score": float(s.mean()), "std_over_prompts": float(s.std()), "n_prompts": len(s)}
+        s = scorer.score_tensors(imgs, texts)
+        results[name] = {"clip_score": float(s.mean()), "std_over_prompts": float(s.std(ddof=1)), "n_prompts": len(s)}
         images[name] = imgs
         log(f"[report] {name}: CLIP score {results[name]['clip_score']:.3f}")
 
