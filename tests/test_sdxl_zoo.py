@@ -132,3 +132,25 @@ def test_toy_pipeline_report_on_the_small_zoo(zoo, tmp_path):
     parent_unet = load_file(str(out / "japanese" / "unet" / "diffusion_pytorch_model.safetensors"))
     assert any(not torch.equal(evolved_unet[k].float(), parent_unet[k].float()) for k in parent_unet)
     assert pipe.tokenizer("赤い丸").input_ids[1] != pipe.tokenizer("青い丸").input_ids[1]
+
+
+def test_evolve_writes_the_held_out_report_itself(zoo, tmp_path):
+    """`evomm evolve pipelines/toy_evosdxl_jp.yml` ends with results.json and the grid (after_run hook)."""
+    from pathlib import Path
+
+    import yaml
+
+    from evomm.cli import main
+
+    out, _ = zoo
+    text = (Path(__file__).resolve().parent.parent / "pipelines" / "toy_evosdxl_jp.yml").read_text(encoding="utf-8")
+    config = yaml.safe_load(text.replace("../assets/sdxl_zoo", str(out)))
+    config["optimizer"].update(popsize=2, generations=1)
+    config["fitness"]["n_samples"] = 4
+    config_path = tmp_path / "toy.yml"
+    config_path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    run_dir = tmp_path / "run"
+    assert main(["evolve", str(config_path), "--out", str(run_dir), "--no-progress"]) == 0
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert set(saved["models"]) >= {"japanese_parent", "fewstep_parent", "uniform", "evolved"}
+    assert (run_dir / "grid.png").is_file() and (run_dir / "best_recipe.yml").is_file()

@@ -216,7 +216,7 @@ def report_run(config_path: str | Path, run_dir: str | Path, split: str = "heldo
     from evomm.search.stages import build_space, fitness_context
 
     run_dir = Path(run_dir)
-    config = load_config(config_path)
+    config = load_config(config_path) if isinstance(config_path, (str, Path)) else config_path
     stage = config.stages[0]
     ctx = fitness_context(config, stage, dict(config.sources))
     report_cfg = dict(config.extras.get("report", {}))
@@ -280,6 +280,11 @@ def report_run(config_path: str | Path, run_dir: str | Path, split: str = "heldo
 
     atomic_write_text(run_dir / "results.json", json.dumps(out, indent=1, ensure_ascii=False))
     return out
+
+
+def after_run_report(config, run_dir: str | Path, results: dict[str, Any]) -> None:
+    """`after_run:` hook: write the held-out report as the last step of `evomm evolve`."""
+    report_run(config, run_dir)
 
 
 def _uniform_spec(space) -> dict[str, Any]:
