@@ -84,12 +84,15 @@ def magnitude_threshold(delta: Tensor, density: float) -> float | None:
     return float(torch.kthvalue(delta.abs().reshape(-1), numel - k + 1).values)
 
 
-def trim_by_magnitude(delta: Tensor, density: float) -> Tensor:
-    """TIES's trim step: keep entries with |delta| >= the k-th largest magnitude."""
+def trim_by_magnitude(delta: Tensor, density: float, inplace: bool = False) -> Tensor:
+    """TIES's trim step: keep entries with |delta| >= the k-th largest magnitude.
+
+    `inplace` zeroes the dropped entries of `delta` itself (for temporaries: saves a copy).
+    """
     threshold = magnitude_threshold(delta, density)
     if threshold is None:
         return delta
-    return torch.where(delta.abs() >= threshold, delta, 0.0)
+    return (delta if inplace else delta.clone()).masked_fill_(delta.abs() < threshold, 0.0)
 
 
 def tensor_seed(seed: int, tensor_name: str) -> int:
@@ -167,19 +170,26 @@ def _sum_merge(base: Tensor, deltas: list[Tensor], weights: Sequence[float], nor
 def _sign_consensus_merge(
     base: Tensor, deltas: list[Tensor], weights: Sequence[float], normalize: bool, lambda_: float
 ) -> Tensor:
-    """TIES's elect-and-merge: keep weighted entries whose sign agrees with the summed mass."""
-    weighted = torch.stack([d * float(w) for d, w in zip(deltas, weights)])
-    elected = torch.where(weighted.sum(dim=0) >= 0, 1.0, -1.0)
-    agree = weighted.sign() == elected
-    mixed = torch.where(agree, weighted, 0.0).sum(dim=0)
-    if normalize:
-        w = torch.tensor([float(x) for x in weights], dtype=torch.float32).reshape(-1, *([1] * base.dim()))
-        divisor = torch.where(agree, w, 0.0).sum(dim=0)
-        divisor = torch.where(divisor == 0, 1.0, divisor)
-        mixed = mixed / divisor
+    """TIES's elect-and-merge: keep weighted entries whose sign agrees with the summed mass.
+
+    `deltas` are this call's own temporaries, so they are weighted in place; one model at a
+    time keeps the peak memory at a few tensors instead of a stack of all of them.
+    """
+    weighted = [d.mul_(float(w)) for d, w in zip(deltas, weights)]
+    elected = _weighted_sum(weighted, [1.0] * len(weighted))
+    elected = torch.where(elected >= 0, 1.0, -1.0)
+    mixed = torch.zeros_like(elected)
+    divisor = torch.zeros_like(elected) if normalize else None
+    for wd, w in zip(weighted, weights):
+        agree = wd.sign().eq_(elected)  # a zero entry agrees with no sign
+        mixed.add_(wd.mul_(agree))
+        if divisor is not None:
+            divisor.add_(agree, alpha=float(w))
+    if divisor is not None:
+        mixed.div_(divisor.masked_fill_(divisor == 0, 1.0))
     if lambda_ != 1:
-        mixed = mixed * lambda_
-    return base.float() + mixed
+        mixed.mul_(lambda_)
+    return mixed.add_(base.float())
 
 
 # ----------------------------------------------------------------------------- methods
@@ -220,7 +230,7 @@ def ties(
     _check_lengths(len(tensors), weight=weights, density=densities)
     if not tensors:
         return base.float().clone()
-    deltas = [trim_by_magnitude(d, rho) for d, rho in zip(_task_vectors(base, tensors), densities)]
+    deltas = [trim_by_magnitude(d, rho, inplace=True) for d, rho in zip(_task_vectors(base, tensors), densities)]
     return _sign_consensus_merge(base, deltas, weights, normalize, lambda_)
 
 
