@@ -21,7 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="evomm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="evomm", description="evomm: evolutionary model merging (PS, DFS, PS+DFS) for LLMs, VLMs and SDXL UNets."
+    )
     parser.add_argument("--version", action="version", version=f"evomm {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
