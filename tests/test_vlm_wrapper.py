@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from evomm.errors import ConfigError, EvommError
-from evomm.models.vlm import PROMPT_TEMPLATES, GenerationSettings, VLMGenerator
+from evomm.models.vlm import format_question, PROMPT_TEMPLATES, GenerationSettings, VLMGenerator
 from evomm.testing.tiny import tiny_llava
 from evomm.testing.tiny_processor import save_tiny_vlm, tiny_processor, tiny_tokenizer
 
@@ -57,6 +57,10 @@ def test_templates():
     assert prompt.endswith("<image>\n何色？ [/INST]")
     custom = VLMGenerator(model, proc, template="Q: {input} A:")
     assert custom.build_prompt("x") == "Q: <image>\nx A:"
+    # a question template (the toy zoo's layout): the image token in place, spaces squeezed
+    zoo = VLMGenerator(model, proc, template="USER: {image} {question} ASSISTANT:")
+    assert zoo.build_prompt("何色？") == "USER: <image> 何色？ ASSISTANT:"
+    assert format_question("USER: {image} {question} ASSISTANT:", "何色？", None) == "USER: 何色？ ASSISTANT:"
     assert set(PROMPT_TEMPLATES) >= {"llava-mistral", "ja-vqa", "plain"}
     with pytest.raises(ConfigError, match="unknown prompt template"):
         VLMGenerator(model, proc, template="nope")

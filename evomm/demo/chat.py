@@ -9,7 +9,6 @@ Models load lazily on first use and stay cached; all generation goes through
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from PIL import Image
 
 from evomm.demo.config import ModelRef
 from evomm.errors import CheckpointError
-from evomm.models.vlm import CHAT, PROMPT_TEMPLATES
+from evomm.models.vlm import CHAT, PROMPT_TEMPLATES, format_question, is_question_template
 
 logger = logging.getLogger(__name__)
 
@@ -56,19 +55,6 @@ def sees_images(path: Path) -> bool:
     return _model_type(path) in VLM_MODEL_TYPES
 
 
-def uses_question_template(template: str | None) -> bool:
-    """Templates with `{question}` (and `{context}` / `{image}`) are the toy zoo's layout."""
-    return bool(template) and "{question}" in template
-
-
-def format_question(template: str, question: str, image_token: str | None) -> str:
-    """Fill a `{image} {question}` (or the zoo's `{context} {question}`) template as the toy
-    pipeline's fitness does: the image token for a VLM, nothing for a text-only model, then
-    runs of spaces squeezed to one."""
-    token = image_token or ""
-    return re.sub(r" {2,}", " ", template.format(context=token, image=token, question=question)).strip()
-
-
 class ChatModel:
     """One model of the comparison: a LLaVA-style VLM or a text-only causal LM."""
 
@@ -81,7 +67,7 @@ class ChatModel:
         self.ref = ref
         self.device = device
         self.sees_images = sees_images(ref.path)
-        self.question_template = template if uses_question_template(template) else None
+        self.question_template = template if is_question_template(template) else None
         if self.question_template:
             template = None
         if self.sees_images:

@@ -9,6 +9,7 @@ with beams in batches, and returns the stripped answers.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -58,6 +59,19 @@ class GenerationSettings:
         return kwargs
 
 
+def format_question(template: str, question: str, image_token: str | None) -> str:
+    """Fill a question template (`{image}` / `{context}` and `{question}`, e.g. the toy zoo's
+    `USER: {image} {question} ASSISTANT:`): the image token for a VLM, nothing for a text-only
+    model, then runs of spaces squeezed to one (an empty field leaves two; models are trained
+    with one)."""
+    token = image_token or ""
+    return re.sub(r" {2,}", " ", template.format(context=token, image=token, question=question)).strip()
+
+
+def is_question_template(template: str | None) -> bool:
+    return bool(template) and "{question}" in template
+
+
 def _resolve_template(template: str | None, processor) -> str:
     if template is None:
         return CHAT if getattr(processor, "chat_template", None) else PROMPT_TEMPLATES["llava-mistral"]
@@ -67,11 +81,11 @@ def _resolve_template(template: str | None, processor) -> str:
         return CHAT
     if template in PROMPT_TEMPLATES:
         return PROMPT_TEMPLATES[template]
-    if "{input}" in template:
+    if "{input}" in template or is_question_template(template):
         return template
     raise ConfigError(
         f"unknown prompt template {template!r}: use 'chat', one of {sorted(PROMPT_TEMPLATES)}, "
-        "or a string containing {input}"
+        "or a string containing {input} (or {image} and {question})"
     )
 
 
@@ -150,6 +164,8 @@ class VLMGenerator:
                                                      {"type": "text", "text": question}]}]
             return self.processor.apply_chat_template(messages, add_generation_prompt=True,
                                                       tokenize=False)
+        if is_question_template(self.template):
+            return format_question(self.template, question, self.image_token)
         return self.template.format(input=f"{self.image_token}\n{question}")
 
     # -- generation ------------------------------------------------------------------------

@@ -29,8 +29,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evomm.errors import ConfigError
+from evomm.models.vlm import format_question
 from evomm.search.fitness_vqa import (
-    AnswerScorer, PromptVLMGenerator, DEFAULT_PROMPT, _squeeze_spaces, load_processor, load_records,
+    AnswerScorer, PromptVLMGenerator, DEFAULT_PROMPT, load_processor, load_records,
     sample_records,
 )
 from evomm.search.run import atomic_write_text
@@ -96,7 +97,7 @@ def answer_text_only(model, tokenizer, rows: Sequence[dict], prompt: str, max_ne
     answers: list[str] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        texts = [_squeeze_spaces(prompt.format(question=r["question"], image="")) for r in chunk]
+        texts = [format_question(prompt, r["question"], None) for r in chunk]
         inputs = tokenizer(texts, return_tensors="pt", padding=True)
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
         answers += [a.strip() for a in tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:],

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -166,16 +165,7 @@ class PromptVLMGenerator(VLMGenerator):
     def __init__(self, model, processor, prompt: str = DEFAULT_PROMPT, **kwargs) -> None:
         if "{question}" not in prompt:
             raise ConfigError(f"prompt {prompt!r} has no {{question}} field")
-        super().__init__(model, processor, template="plain", **kwargs)
-        self.prompt = prompt
-
-    def build_prompt(self, question: str) -> str:
-        return _squeeze_spaces(self.prompt.format(image=self.image_token, question=question))
-
-
-def _squeeze_spaces(text: str) -> str:
-    """An empty field leaves two spaces; the zoo's prompts were trained with one."""
-    return re.sub(r" {2,}", " ", text).strip()
+        super().__init__(model, processor, template=prompt, **kwargs)
 
 
 def make_generator(model, processor, options: dict[str, Any], generation: dict[str, Any]) -> VLMGenerator:
