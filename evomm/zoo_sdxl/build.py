@@ -35,15 +35,15 @@ class Recipe:
     """Step counts of every stage (step counts, not time limits, keep builds reproducible)."""
 
     train_images: int = 3600
-    vae_steps: int = 200
+    vae_steps: int = 800
     vae_batch: int = 16
-    base_steps: int = 420
-    japanese_steps: int = 320
-    teacher_samples: int = 256
+    base_steps: int = 1600
+    japanese_steps: int = 700
+    teacher_samples: int = 1024
     teacher_steps: int = 10
     teacher_guidance: float = 5.0
-    distill_steps: int = 220
-    clip_steps: int = 200
+    distill_steps: int = 700
+    clip_steps: int = 300
     batch: int = 64
 
 
@@ -217,7 +217,8 @@ def build_zoo(out_dir: str | Path, seed: int = 0, small: bool = False, threads: 
                                             recipe.teacher_guidance, seed=seed + 31)
             train.train_denoiser(student, x0, lambda idx, g: teacher_caps[idx], en_emb, en_pool,
                                  recipe.distill_steps, batch=recipe.batch, lr=5e-4, seed=seed + 32,
-                                 cfg_dropout=0.0, noise=noise, timesteps=FEWSTEP_TIMESTEPS, desc="distill")
+                                 cfg_dropout=0.0, noise=noise, timesteps=FEWSTEP_TIMESTEPS, desc="distill",
+                                 lr_multipliers=lambda name: 0.2 if _text_reading(name) else 1.0)
             cache.save("fewstep", student)
         fewstep = models.assemble_pipeline(vae, *te_en, tok_en, student, timestep_spacing="trailing")
         _save_pipeline(fewstep, tmp / "fewstep")
@@ -237,8 +238,8 @@ def build_zoo(out_dir: str | Path, seed: int = 0, small: bool = False, threads: 
 
         # --- checks: does each model draw what it is asked, in its intended regime?
         t0 = time.time()
-        en = data.english_prompts((0,))
-        ja = data.japanese_prompts(data.JA_HELDOUT_TEMPLATES)
+        en = data.english_prompts((0,), repeats=3)
+        ja = data.japanese_prompts(data.JA_HELDOUT_TEMPLATES, repeats=2)
         acc = lambda pipe, prompts, steps, g: round(_generated_accuracy(pipe, prompts, clip_model, clip_tok, steps, g, seed + 7), 3)  # noqa: E731
         checks["base_en_25steps_cfg5_accuracy"] = acc(base, en, 25, 5.0)
         checks["base_en_4steps_accuracy"] = acc(_trailing(base), en, 4, 0.0)
