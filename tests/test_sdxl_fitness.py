@@ -140,5 +140,6 @@ def test_toy_config_builds_its_search_space():
     config = load_config(ROOT / "pipelines" / "toy_evosdxl_jp.yml")
     space = build_space(config.stages[0].space, config.sources, config.seed)
     assert space.num_layers == 10  # embed, down.0.0, down.0.sample, down.1.0, mid, up.0.0-1, up.1.0-1, out
-    assert space.dim == 3 * 10  # slerp t for (K, V, rest) per block
+    assert space.dim == 2 * 3 * 10  # task-arithmetic weight per model for (K, V, rest) per block
+    assert space.initial().tolist() == [1.0] * space.dim  # starts at plain task arithmetic
     assert config.extras["report"]["parents"] == {"japanese_parent": "japanese", "fewstep_parent": "fewstep"}

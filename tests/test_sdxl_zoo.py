@@ -83,6 +83,18 @@ def test_build_is_reproducible(zoo, tmp_path):
     again = build_zoo(tmp_path / "zoo", seed=3, small=True)
     weights = {k: v for k, v in manifest["sha256"].items() if k.endswith(".safetensors")}
     assert weights and weights == {k: v for k, v in again["sha256"].items() if k.endswith(".safetensors")}
+    assert manifest["stages_from_cache"] == []
+
+
+def test_build_resumes_from_its_stage_cache(zoo, tmp_path):
+    """A second build with the same cache trains nothing and writes the same weights."""
+    _, manifest = zoo
+    first = build_zoo(tmp_path / "a", seed=3, small=True, cache_dir=tmp_path / "cache")
+    second = build_zoo(tmp_path / "b", seed=3, small=True, cache_dir=tmp_path / "cache")
+    assert first["stages_from_cache"] == []
+    assert second["stages_from_cache"] == ["vae", "base", "japanese", "fewstep", "clip"]
+    weights = {k: v for k, v in manifest["sha256"].items() if k.endswith(".safetensors")}
+    assert weights == {k: v for k, v in second["sha256"].items() if k.endswith(".safetensors")}
 
 
 def test_render_draws_the_named_colour():
@@ -121,6 +133,7 @@ def test_toy_pipeline_report_on_the_small_zoo(zoo, tmp_path):
     result = report_run(config_path, run_dir, log=lambda *_: None)
     saved = json.loads((run_dir / "results.json").read_text())
     assert set(saved["models"]) >= {"japanese_parent", "fewstep_parent", "uniform", "evolved"}
+    assert "search_start" in saved["models"]  # the config starts at weight 1, not at the uniform 0.5
     assert all(0.0 <= m["clip_score"] <= 100.0 for m in saved["models"].values())
     assert saved["models"] == json.loads(json.dumps(result["models"]))
     assert (run_dir / "grid.png").is_file()
@@ -154,3 +167,28 @@ def test_evolve_writes_the_held_out_report_itself(zoo, tmp_path):
     saved = json.loads((run_dir / "results.json").read_text())
     assert set(saved["models"]) >= {"japanese_parent", "fewstep_parent", "uniform", "evolved"}
     assert (run_dir / "grid.png").is_file() and (run_dir / "best_recipe.yml").is_file()
+
+
+def test_guided_teacher_is_classifier_free_guidance_with_zero_unconditional():
+    """The few-step student's target: uncond + g * (cond - uncond), uncond from zero embeddings."""
+    from evomm.zoo_sdxl import models, train
+
+    sizes = models.SMALL
+    unet = models.build_unet(sizes, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    noisy = torch.randn(2, 4, 16, 16, generator=gen)
+    t = torch.tensor([999, 249])
+    cond = torch.randn(2, 5, sizes.cross_attention_dim, generator=gen)
+    pooled = torch.randn(2, sizes.pooled_dim, generator=gen)
+    time_ids = torch.tensor(train.TIME_IDS).repeat(2, 1)
+
+    def run(c, p):
+        with torch.no_grad():
+            return unet(noisy, t, encoder_hidden_states=c,
+                        added_cond_kwargs={"text_embeds": p, "time_ids": time_ids}).sample
+
+    conditioned, uncond = run(cond, pooled), run(torch.zeros_like(cond), torch.zeros_like(pooled))
+    assert not torch.allclose(conditioned, uncond)
+    for g in (0.0, 1.0, 3.0):
+        target = train.guided_teacher(unet, g)(noisy, t, cond, pooled, time_ids)
+        torch.testing.assert_close(target, uncond + g * (conditioned - uncond), rtol=1e-4, atol=1e-5)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from evomm.errors import ConfigError
@@ -207,7 +208,9 @@ def report_run(config_path: str | Path, run_dir: str | Path, split: str = "heldo
     Writes RUN_DIR/results.json ({"models": {NAME: {"clip_score": x, ...}}}), RUN_DIR/grid.png
     (prompts x models) and, unless told not to, the evolved pipeline to RUN_DIR/pipeline.
     Parents are scored as their own pipelines (their own text encoders) on the same prompts and
-    noise; `fewstep_unet_ja_text` is the few-step UNet under the candidate's text encoders.
+    noise; `fewstep_unet_ja_text` (SLERP spaces) is the few-step UNet under the candidate's
+    text encoders; `search_start` is the search's starting merge, reported when a config
+    starts somewhere other than the uniform merge, so the gain of the search itself shows.
     """
     import yaml
 
@@ -239,6 +242,8 @@ def report_run(config_path: str | Path, run_dir: str | Path, split: str = "heldo
              "evolved": yaml.safe_load(best_recipe.read_text(encoding="utf-8"))}
     if stage.space.method == "slerp":
         specs["fewstep_unet_ja_text"] = space.decode(space.encode({"t": 1.0}))
+    if not np.allclose(space.initial(), space.encode(_uniform_values(space))):
+        specs["search_start"] = space.decode(space.initial())
 
     results: dict[str, dict[str, float]] = {}
     images: dict[str, torch.Tensor] = {}
@@ -256,7 +261,7 @@ def report_run(config_path: str | Path, run_dir: str | Path, split: str = "heldo
     candidate = SDXLCandidatePipeline(pipeline_path, sampler, device=ctx.device, dtype=_dtype(opts),
                                       config_dir=opts.get("config_dir"))
     prepared = candidate.prepare([p.text for p in prompts])
-    for name in ["uniform", "fewstep_unet_ja_text", "evolved"]:
+    for name in ["uniform", "search_start", "fewstep_unet_ja_text", "evolved"]:
         if name in specs:
             candidate.set_recipe(specs[name])
             record(name, candidate.generate(prepared))
@@ -287,14 +292,18 @@ def after_run_report(config, run_dir: str | Path, results: dict[str, Any]) -> No
     report_run(config, run_dir)
 
 
+def _uniform_values(space) -> dict[str, float]:
+    n = len(getattr(space, "merged_models", [])) or 1
+    weight = 1.0 / n if getattr(space, "method", "") == "linear" else 0.5
+    return {"t": 0.5, "weight": weight, "density": 0.5}
+
+
 def _uniform_spec(space) -> dict[str, Any]:
     """The plain uniform merge: equal weights (1/n linear, 0.5 otherwise), t = 0.5, density 0.5.
 
     Built explicitly rather than from the search's starting point, which a config may move.
     """
-    n = len(getattr(space, "merged_models", [])) or 1
-    weight = 1.0 / n if getattr(space, "method", "") == "linear" else 0.5
-    return space.decode(space.encode({"t": 0.5, "weight": weight, "density": 0.5}))
+    return space.decode(space.encode(_uniform_values(space)))
 
 
 def _write_grid(path: Path, prompts: list[PromptItem], images: dict[str, torch.Tensor], order: list[str],
