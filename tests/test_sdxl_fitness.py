@@ -143,3 +143,22 @@ def test_toy_config_builds_its_search_space():
     assert space.dim == 2 * 3 * 10  # task-arithmetic weight per model for (K, V, rest) per block
     assert space.initial().tolist() == [1.0] * space.dim  # starts at plain task arithmetic
     assert config.extras["report"]["parents"] == {"japanese_parent": "japanese", "fewstep_parent": "fewstep"}
+
+
+def test_summarise_runs_as_json_and_markdown(tmp_path, capsys):
+    from evomm.search.fitness_sdxl import main
+
+    for run, scores in {"s0": (60.0, 80.0), "s1": (60.0, 84.0)}.items():
+        (tmp_path / run).mkdir()
+        models = {"japanese_parent": {"clip_score": scores[0]}, "evolved": {"clip_score": scores[1]}}
+        (tmp_path / run / "results.json").write_text(json.dumps({"models": models}))
+    runs = [str(tmp_path / "s0"), str(tmp_path / "s1")]
+    assert main(["summarise", *runs]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["evolved"]["mean"] == 82.0 and summary["japanese_parent"]["std"] == 0.0
+    assert main(["summarise", *runs, "--markdown"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| model | s0 | s1 | mean ± s.d. |"
+    assert table[3] == "| `evolved` | 80.00 | 84.00 | 82.00 ± 2.83 |"
+    assert main(["summarise", str(tmp_path / "missing")]) == 2
+    assert "no results.json" in capsys.readouterr().err

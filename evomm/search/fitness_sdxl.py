@@ -342,11 +342,24 @@ def summarise(run_dirs: list[str | Path]) -> dict[str, dict[str, float]]:
 
     per_model: dict[str, list[float]] = {}
     for run in run_dirs:
-        data = json.loads((Path(run) / "results.json").read_text(encoding="utf-8"))
+        path = Path(run) / "results.json"
+        if not path.is_file():
+            raise ConfigError(f"{run}: no results.json (has the run's held-out report been written?)")
+        data = json.loads(path.read_text(encoding="utf-8"))
         for name, entry in data["models"].items():
             per_model.setdefault(name, []).append(entry["clip_score"])
     return {name: {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "runs": len(v),
                    "values": v} for name, v in per_model.items()}
+
+
+def summary_markdown(summary: dict[str, dict[str, Any]], run_names: list[str]) -> str:
+    """The summary as the Markdown table the docs show: one column per run, then mean ± s.d."""
+    lines = ["| model | " + " | ".join(run_names) + " | mean ± s.d. |",
+             "|---|" + "---|" * (len(run_names) + 1)]
+    for name, entry in summary.items():
+        values = " | ".join(f"{v:.2f}" for v in entry["values"])
+        lines.append(f"| `{name}` | {values} | {entry['mean']:.2f} ± {entry['std']:.2f} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,12 +378,15 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--threads", type=int, default=1)
     summ = sub.add_parser("summarise", help="mean and spread over several runs' results.json")
     summ.add_argument("run_dirs", nargs="+")
+    summ.add_argument("--markdown", action="store_true", help="print a Markdown table instead of JSON")
     args = parser.parse_args(argv)
     try:
         if args.command == "report":
             torch.set_num_threads(args.threads)
             out = report_run(args.config, args.run_dir, save_pipeline_dir=not args.no_pipeline)
             print(json.dumps(out["models"], indent=1))
+        elif args.markdown:
+            print(summary_markdown(summarise(args.run_dirs), [Path(r).name for r in args.run_dirs]))
         else:
             print(json.dumps(summarise(args.run_dirs), indent=1))
     except EvommError as exc:
