@@ -1,6 +1,6 @@
 """Build the toy SDXL zoo (assets/sdxl_zoo/): see evomm/zoo_sdxl/build.py and docs/toy_sdxl.md.
 
-    python assets/build_sdxl_zoo.py                 # full zoo, ~30-45 min on one CPU thread
+    python assets/build_sdxl_zoo.py --threads 2     # full zoo, ~35 min on 2 idle cores
     python assets/build_sdxl_zoo.py --small OUT     # shrunken zoo in seconds (smoke tests)
 """
 
