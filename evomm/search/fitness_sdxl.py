@@ -293,6 +293,7 @@ def after_run_report(config, run_dir: str | Path, results: dict[str, Any]) -> No
 
 
 def _uniform_values(space) -> dict[str, float]:
+    """Per-parameter values of the uniform merge (one place, so the report and its start check agree)."""
     n = len(getattr(space, "merged_models", [])) or 1
     weight = 1.0 / n if getattr(space, "method", "") == "linear" else 0.5
     return {"t": 0.5, "weight": weight, "density": 0.5}
