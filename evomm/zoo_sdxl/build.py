@@ -55,6 +55,11 @@ def _text_reading(name: str) -> bool:
     return ".attn2.to_k." in name or ".attn2.to_v." in name or name.startswith("add_embedding.")
 
 
+def _rates(text_reading: float, other: float):
+    """Learning-rate multipliers: each specialist moves mostly its own layers (text vs the rest)."""
+    return lambda name: text_reading if _text_reading(name) else other
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -202,7 +207,7 @@ def build_zoo(out_dir: str | Path, seed: int = 0, small: bool = False, threads: 
         if not cache.load("japanese", ja_unet):
             train.train_denoiser(ja_unet, latents, ja_caps, ja_emb, ja_pool, recipe.japanese_steps,
                                  batch=recipe.batch, seed=seed + 20, desc="japanese",
-                                 lr_multipliers=lambda name: 1.0 if _text_reading(name) else 0.2)
+                                 lr_multipliers=_rates(1.0, 0.2))
             cache.save("japanese", ja_unet)
         _save_pipeline(japanese, tmp / "japanese")
         lap("japanese", t0)
@@ -216,7 +221,7 @@ def build_zoo(out_dir: str | Path, seed: int = 0, small: bool = False, threads: 
             train.train_denoiser(student, latents, en_caps, en_emb, en_pool, recipe.distill_steps,
                                  batch=recipe.batch, seed=seed + 32, cfg_dropout=0.0,
                                  timesteps=FEWSTEP_TIMESTEPS, desc="distill",
-                                 lr_multipliers=lambda name: 0.2 if _text_reading(name) else 1.0,
+                                 lr_multipliers=_rates(0.2, 1.0),
                                  target=train.guided_teacher(copy.deepcopy(unet), recipe.teacher_guidance))
             cache.save("fewstep", student)
         fewstep = models.assemble_pipeline(vae, *te_en, tok_en, student, timestep_spacing="trailing")

@@ -92,9 +92,9 @@ def train_denoiser(
 
     `caption_choices(indices, gen)` picks a caption row of `embeds` per sample. `timesteps`
     restricts training to the given ones (a few-step sampler visits only those).
-    `lr_multipliers(name)` scales the learning rate per parameter. `target(noisy, t, cond, pooled, time_ids)`, when
-    given, replaces the true noise as the regression target (guidance distillation: see
-    `guided_teacher`).
+    `lr_multipliers(name)` scales the learning rate per parameter.
+    `target(noisy, t, cond, pooled, time_ids)`, when given, replaces the true noise as the
+    regression target (guidance distillation: see `guided_teacher`).
     """
     from diffusers import DDPMScheduler
 
