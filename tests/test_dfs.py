@@ -2,6 +2,7 @@
 
 import copy
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -88,15 +89,57 @@ def test_deep_path_generates_same_with_and_without_cache(sources, ids):
     assert torch.equal(cached, uncached)
 
 
+def _cache_of(output):
+    """The cache of a model output, under the name this transformers release gives it."""
+    from evomm.models.hf_cache import output_cache_field
+
+    return getattr(output, output_cache_field(type(output)))
+
+
+def test_generate_writes_one_cache_slot_per_path_position(sources, ids):
+    # a bypassed per-position cache (repeated layers writing into one slot, or a cache the
+    # layers make for themselves) shows as the wrong number of slots or the wrong lengths
+    dfs = DFSForCausalLM.from_sources(sources, DEEP_PATH, DEEP_SCALES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no deprecated cache keyword on the way
+        with torch.no_grad():
+            out = dfs.generate(ids, max_new_tokens=5, do_sample=False, return_dict_in_generate=True)
+    cache = _cache_of(out)
+    assert len(cache.layers) == len(DEEP_PATH)
+    assert [layer.get_seq_length() for layer in cache.layers] == [ids.shape[1] + 4] * len(DEEP_PATH)
+    # repeated source layers (positions 3 and 5 run layer (1, 2)) hold different keys
+    assert not torch.equal(cache.layers[3].keys, cache.layers[5].keys)
+
+
+class _LayerIgnoringItsCache(torch.nn.Module):
+    """A decoder layer that takes a cache argument but never writes to it."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.inner = layer
+
+    def forward(self, hidden_states, cache=None, **kwargs):
+        return self.inner(hidden_states, **kwargs)
+
+
+def test_layer_that_bypasses_its_cache_slot_fails_loudly(sources, ids):
+    dfs = DFSForCausalLM.from_sources(sources, DEEP_PATH, DEEP_SCALES)
+    dfs.model.layers[4] = _LayerIgnoringItsCache(dfs.model.layers[4])
+    with torch.no_grad(), pytest.raises(DFSError, match="position 4 .* did not write to its own cache slot"):
+        dfs(ids, use_cache=True)
+    with torch.no_grad():  # without a cache there is nothing to bypass
+        dfs(ids, use_cache=False)
+
+
 def test_cache_has_one_slot_per_path_position(sources, ids):
     dfs = DFSForCausalLM.from_sources(sources, DEEP_PATH, DEEP_SCALES)
     full = logits(dfs, ids)
     with torch.no_grad():
         out = dfs(ids[:, :4], use_cache=True)
-        cache = out.past_key_values
+        cache = _cache_of(out)
         steps = [out.logits]
         for t in range(4, ids.shape[1]):
-            out = dfs(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            out = dfs(ids[:, t : t + 1], cache=cache, use_cache=True)
             steps.append(out.logits)
     assert len(cache.layers) == len(DEEP_PATH)
     assert all(layer.get_seq_length() == ids.shape[1] for layer in cache.layers)

@@ -42,6 +42,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import slice_logits_to_keep
 
 from evomm.errors import DFSError
+from evomm.models.hf_cache import CACHE_NAMES, cache_keyword, output_cache_field
 
 MODEL_TYPE = "evomm_dfs"
 
@@ -193,15 +194,19 @@ class _PositionCache:
     with; when one source layer appears at several positions, those writes would collide. The
     DFS forward hands each position this view instead, so repeated layers can share weights
     yet keep separate cache slots. Everything except `update` goes to the real cache.
+    `written` tells the forward whether the layer really wrote through this view: a layer
+    that took its cache from somewhere else (a renamed keyword) is caught, not ignored.
     """
 
-    __slots__ = ("_cache", "_position")
+    __slots__ = ("_cache", "_position", "written")
 
     def __init__(self, cache: Cache, position: int):
         self._cache = cache
         self._position = position
+        self.written = False
 
     def update(self, key_states, value_states, layer_idx=None, *args, **kwargs):
+        self.written = True
         return self._cache.update(key_states, value_states, self._position, *args, **kwargs)
 
     def __getattr__(self, name):
@@ -212,7 +217,7 @@ class DFSPreTrainedModel(PreTrainedModel):
     config_class = DFSConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = False
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = list(CACHE_NAMES)
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
@@ -321,32 +326,37 @@ class DFSModel(DFSPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | dict | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        """Run the path. The cache comes as `cache` (transformers >= 5.24) or `past_key_values`."""
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if kwargs.pop("output_attentions", False):
             raise DFSError("DFS models do not return attention weights")
         kwargs.pop("return_dict", None)
+        cache = _one_cache(cache, past_key_values)
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
 
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        if not use_cache:
+            cache = None
         if position_ids is None:
-            past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past_seen = cache.get_seq_length() if cache is not None else 0
             position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen).unsqueeze(0)
 
         kinds = [self.config.attention_type(p) for p in range(len(self.layers))]
         masks = attention_mask if isinstance(attention_mask, dict) else self._masks(
-            set(kinds), inputs_embeds, attention_mask, past_key_values, position_ids)
+            set(kinds), inputs_embeds, attention_mask, cache, position_ids)
 
         hidden = inputs_embeds
         position_embeddings = self.rotary_emb(hidden, position_ids=position_ids)
@@ -357,33 +367,39 @@ class DFSModel(DFSPreTrainedModel):
                 hidden = hidden * scale
             if all_hidden is not None:
                 all_hidden.append(hidden)
+            slot = None if cache is None else _PositionCache(cache, position)
             out = layer(
                 hidden,
                 attention_mask=masks[kinds[position]],
                 position_ids=position_ids,
-                past_key_values=None if past_key_values is None else _PositionCache(past_key_values, position),
                 use_cache=use_cache,
                 position_embeddings=position_embeddings,
+                **{cache_keyword(layer.forward): slot},
                 **kwargs,
             )
+            if slot is not None and not slot.written:
+                raise DFSError(f"the decoder layer at path position {position} ({type(layer).__name__}) did not "
+                               "write to its own cache slot: this transformers release routes the cache "
+                               "differently, and generation would mix up repeated layers")
             hidden = out[0] if isinstance(out, tuple) else out
         hidden = self.norm(hidden)
         if all_hidden is not None:
             all_hidden.append(hidden)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden,
-            past_key_values=past_key_values if use_cache else None,
             hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            **{output_cache_field(BaseModelOutputWithPast): cache},
         )
 
-    def _masks(self, kinds, inputs_embeds, attention_mask, past_key_values, position_ids) -> dict:
+    def _masks(self, kinds, inputs_embeds, attention_mask, cache, position_ids) -> dict:
         mask_kwargs = dict(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                           past_key_values=past_key_values, position_ids=position_ids)
+                           position_ids=position_ids)
         masks = {}
         if "full_attention" in kinds:
-            masks["full_attention"] = create_causal_mask(**mask_kwargs)
+            masks["full_attention"] = create_causal_mask(**mask_kwargs, **{cache_keyword(create_causal_mask): cache})
         if "sliding_attention" in kinds:
-            masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
+            builder = create_sliding_window_causal_mask
+            masks["sliding_attention"] = builder(**mask_kwargs, **{cache_keyword(builder): cache})
         unknown = kinds - masks.keys()
         if unknown:
             raise DFSError(f"DFS models support full and sliding attention layers, not {sorted(unknown)}")
@@ -478,11 +494,12 @@ class DFSForCausalLM(DFSPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         kwargs.pop("return_dict", None)
@@ -490,7 +507,7 @@ class DFSForCausalLM(DFSPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=_one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -499,11 +516,12 @@ class DFSForCausalLM(DFSPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        field = output_cache_field(CausalLMOutputWithPast)
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
+            **{field: getattr(outputs, output_cache_field(BaseModelOutputWithPast))},
         )
 
 
@@ -559,6 +577,13 @@ def save_dfs(model: DFSForCausalLM, out_dir: str | Path, *, overwrite: bool = Fa
 
 
 # -- helpers --------------------------------------------------------------------------------
+
+
+def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """The cache, whichever name the caller used (generate passes `cache` from transformers 5.24)."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise DFSError("two different caches were passed (cache and past_key_values)")
+    return cache if cache is not None else past_key_values
 
 
 def _check_compatible(parts: list[_SourceParts]) -> None:
