@@ -184,3 +184,25 @@ def test_sampler_settings_reject_unknown_keys():
 def test_image_grid_shape():
     grid = image_grid(torch.rand(6, 3, 8, 8), rows=2, cols=3, scale=2, pad=1)
     assert grid.size == (3 * 17 + 1, 2 * 17 + 1)
+
+
+def test_fp16_variant_folders_load_like_plain_ones(sources, tmp_path):
+    # Juggernaut-XL and JSDXL ship `unet/diffusion_pytorch_model.fp16.safetensors` only
+    from diffusers import StableDiffusionXLPipeline
+
+    from evomm.io import open_source
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(sources["b"], local_files_only=True)
+    pipe.to(torch.float16).save_pretrained(tmp_path / "b16", variant="fp16")
+    assert (tmp_path / "b16" / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    assert not (tmp_path / "b16" / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    plain = _unet_state(sources["b"])
+    src = open_source(tmp_path / "b16")
+    assert src.layout == "diffusers" and set(src.keys()) == set(plain)
+    name = "conv_in.weight"
+    assert src.get(name).dtype == torch.float16
+    torch.testing.assert_close(src.get(name).float(), plain[name], atol=1e-3, rtol=1e-3)
+    # as a search source (evomm merge / the candidate pipeline) and as the pipeline that draws
+    cand = SDXLCandidatePipeline(tmp_path / "b16", SamplerSettings(steps=1))
+    cand.set_recipe(_linear(tmp_path / "b16", sources["a"], 1.0, 0.0))
+    torch.testing.assert_close(cand.pipe.unet.state_dict()[name].float(), plain[name], atol=1e-3, rtol=1e-3)

@@ -23,6 +23,9 @@ from evomm.io.safetensors_header import TensorInfo, read_header
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 WEIGHT_STEMS = ("model", "diffusion_pytorch_model")
+# diffusers "variant" files (`unet/diffusion_pytorch_model.fp16.safetensors`), read when a
+# folder has no full-precision weights: SDXL repos such as Juggernaut-XL and JSDXL ship them
+WEIGHT_VARIANTS = ("fp16", "bf16")
 
 
 class TensorSource:
@@ -186,13 +189,26 @@ def _refuse_pickle(what: Path) -> None:
     )
 
 
+def weight_variant(folder: Path) -> str | None:
+    """The variant (`"fp16"`, ...) of the safetensors weights in `folder`; None for plain weights
+    (preferred when both are there) or when there are none."""
+    for variant in (None, *WEIGHT_VARIANTS):
+        tag = f".{variant}" if variant else ""
+        for stem in WEIGHT_STEMS:
+            if (folder / f"{stem}.safetensors.index{tag}.json").is_file() or (folder / f"{stem}{tag}.safetensors").is_file():
+                return variant
+    return None
+
+
 def _weight_files(folder: Path) -> tuple[list[Path], bool] | None:
     """Find the weights of an HF/diffusers folder: (files, is_pickle) or None."""
+    variant = weight_variant(folder)
+    tag = f".{variant}" if variant else ""
     for stem in WEIGHT_STEMS:
-        index = folder / f"{stem}.safetensors.index.json"
+        index = folder / f"{stem}.safetensors.index{tag}.json"
         if index.is_file():
             return _index_files(index), False
-        single = folder / f"{stem}.safetensors"
+        single = folder / f"{stem}{tag}.safetensors"
         if single.is_file():
             return [single], False
     for stem, pickle_name in (("pytorch_model", "pytorch_model.bin"),
@@ -229,7 +245,7 @@ def open_source(path: str | Path, allow_pickle: bool = False, name: str | None =
         if found is None:
             continue
         files, is_pickle = found
-        if files and files[0].name.startswith("diffusion_pytorch_model"):
+        if files and (files[0].name.startswith("diffusion_pytorch_model") or layout == "diffusers"):
             layout = "diffusers"
         config = _read_json(folder / "config.json")
         if is_pickle:

@@ -69,9 +69,13 @@ def load_pipeline(path: str | Path, dtype: torch.dtype = torch.float32, device: 
     """
     from diffusers import StableDiffusionXLPipeline
 
+    from evomm.io.sources import weight_variant
+
     path = Path(path)
     if path.is_dir() and (path / "model_index.json").is_file():
-        pipe = StableDiffusionXLPipeline.from_pretrained(path, dtype=dtype, local_files_only=True)
+        # a repo that ships only `*.fp16.safetensors` loads as that variant
+        variant = weight_variant(path / "unet") if (path / "unet").is_dir() else None
+        pipe = StableDiffusionXLPipeline.from_pretrained(path, dtype=dtype, local_files_only=True, variant=variant)
     elif path.is_file() and path.suffix == ".safetensors":
         if config_dir is None:
             raise ConfigError(f"{path}: a single-file pipeline source needs config_dir (a diffusers folder for its configs)")
