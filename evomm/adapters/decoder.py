@@ -25,6 +25,10 @@ class Layout:
     kept: dict[str, str] = field(default_factory=dict)
     #: a name prefix only this layout has (used for detection)
     marker: str = ""
+    #: kept prefix -> a naming level some checkpoints of this layout have below it and others
+    #: not: llava-hf files hold `vision_tower.vision_model.X`, transformers 5 keeps
+    #: `model.vision_tower.X` in memory. Slots drop the level, so both sides match.
+    optional_levels: dict[str, str] = field(default_factory=dict)
 
 
 LAYOUTS: dict[str, Layout] = {
@@ -33,11 +37,13 @@ LAYOUTS: dict[str, Layout] = {
         # transformers / llava-hf on disk: LlavaForConditionalGeneration.save_pretrained
         Layout("llava_hf", "vlm", "language_model.model.", "language_model.lm_head.weight",
                {"vision_tower.": "vision", "multi_modal_projector.": "projector",
-                "image_newline": "image_newline"}, marker="language_model.model.layers."),
+                "image_newline": "image_newline"}, marker="language_model.model.layers.",
+               optional_levels={"vision_tower.": "vision_model."}),
         # transformers 5 in-memory names (also what some re-saved checkpoints hold)
         Layout("llava_tf5", "vlm", "model.language_model.", "lm_head.weight",
                {"model.vision_tower.": "vision", "model.multi_modal_projector.": "projector",
-                "model.image_newline": "image_newline"}, marker="model.language_model.layers."),
+                "model.image_newline": "image_newline"}, marker="model.language_model.layers.",
+               optional_levels={"model.vision_tower.": "vision_model."}),
         # the original LLaVA repo (haotian-liu/LLaVA): LLM names plus mm_projector / vision_tower
         Layout("llava_original", "vlm", "model.", "lm_head.weight",
                {"model.vision_tower.": "vision", "model.mm_projector.": "projector",
@@ -70,6 +76,9 @@ class DecoderAdapter(Adapter):
         self.layout = layout.name
         self.kind = layout.kind
         self.config = config or {}
+        # the optional levels these names do have (name_of puts them back)
+        self.levels = {prefix: level for prefix, level in layout.optional_levels.items()
+                       if any(n.startswith(prefix + level) for n in names)}
         layers = {s.layer for s in map(self.slot_of, names) if s.layer is not None}
         self.num_layers = max(layers) + 1 if layers else 0
 
@@ -78,6 +87,9 @@ class DecoderAdapter(Adapter):
         for prefix, component in lay.kept.items():
             if name.startswith(prefix):
                 role = name[len(prefix):] or component
+                level = lay.optional_levels.get(prefix)
+                if level and role.startswith(level):
+                    role = role[len(level):]
                 return Slot(component, None, role)
         if name == lay.lm_head:
             return Slot("text", None, LM_HEAD_ROLE)
@@ -101,7 +113,9 @@ class DecoderAdapter(Adapter):
             return slot.role
         for prefix, component in lay.kept.items():
             if component == slot.component:
-                return prefix if slot.role == component and not prefix.endswith(".") else prefix + slot.role
+                if slot.role == component and not prefix.endswith("."):
+                    return prefix
+                return prefix + self.levels.get(prefix, "") + slot.role
         return None
 
     def layer_groups(self) -> list[str]:

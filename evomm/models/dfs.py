@@ -49,10 +49,12 @@ MODEL_TYPE = "evomm_dfs"
 # config fields that describe the layer stack rather than the layer shapes: they are not
 # copied from a source config into a DFS config
 _STACK_KEYS = ("model_type", "architectures", "num_hidden_layers", "layer_types", "_name_or_path",
-               "transformers_version", "auto_map", "max_window_layers")
+               "transformers_version", "auto_map", "max_window_layers", "sliding_window")
 # config fields that must agree between sources so that their layers can be chained
+# (rotary embedding settings and attention windows may differ: every path position keeps its
+# own source's rotary embedding, and its own attention kind; see `DFSModel`)
 _SHAPE_KEYS = ("model_type", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
-               "rope_parameters", "_attn_implementation")
+               "_attn_implementation")
 
 
 class DFSConfig(PreTrainedConfig):
@@ -75,6 +77,9 @@ class DFSConfig(PreTrainedConfig):
     dfs_sources: list | None = None
     dfs_embed_source: int = 0
     dfs_head_source: int = 0
+    # rotary settings (`rope_parameters`) of each source: a layer keeps its source's rotary
+    # embedding wherever it sits on the path (LLaVA-1.6-Mistral: theta 1e6, shisa: 1e4)
+    dfs_rope_parameters: list | None = None
 
     def attention_type(self, position: int) -> str:
         """Mask kind for a path position: the base's `layer_types`, else from `sliding_window`."""
@@ -236,6 +241,15 @@ class DFSModel(DFSPreTrainedModel):
         self.layers = nn.ModuleList(layer_cls(config, i) for i in range(config.num_hidden_layers))
         self.norm = norm_cls(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = rotary_cls(config=config)
+        # one rotary embedding per distinct source setting; `_source_rotary[s]` indexes it
+        ropes = config.dfs_rope_parameters
+        if ropes:
+            distinct = [r for i, r in enumerate(ropes) if r not in ropes[:i]]
+            self.rotary_embs = nn.ModuleList(rotary_cls(config=_with_rope(config, r)) for r in distinct)
+            self._source_rotary = [distinct.index(r) for r in ropes]
+        else:
+            self.rotary_embs = nn.ModuleList([self.rotary_emb])
+            self._source_rotary = None
         self._input_scales = check_scales(config.dfs_input_scales, config.num_hidden_layers)
         # set by `from_sources`: layer modules per source, which `set_path` picks from
         self._source_layers: list[list[nn.Module]] | None = None
@@ -287,6 +301,11 @@ class DFSModel(DFSPreTrainedModel):
         self.embed_tokens = parts[embed_source].backbone.embed_tokens
         self.norm = parts[norm_source].backbone.norm
         self.rotary_emb = parts[embed_source].backbone.rotary_emb
+        ropes = [getattr(p.config, "rope_parameters", None) for p in parts]
+        firsts = [ropes.index(r) for r in ropes]  # sources with equal settings share one module
+        distinct = sorted(set(firsts))
+        self.rotary_embs = nn.ModuleList(parts[i].backbone.rotary_emb for i in distinct)
+        self._source_rotary = [distinct.index(f) for f in firsts]
         self.padding_idx = self.embed_tokens.padding_idx
 
     def set_path(self, path: Sequence[Sequence[int]], scales: Sequence[float] | None = None) -> None:
@@ -302,8 +321,19 @@ class DFSModel(DFSPreTrainedModel):
         config.num_hidden_layers = len(path)
         config.dfs_path = path
         config.dfs_input_scales = scales
-        if getattr(config, "layer_types", None) is not None:
-            config.layer_types = [layer_attention_type(self._source_configs[s], l) for s, l in path]
+        config.layer_types = [layer_attention_type(self._source_configs[s], l) for s, l in path]
+
+    def _apply(self, fn, *args, **kwargs):
+        """`.to(device)` & co. also reach the source layers off the current path: a later
+        `set_path` may take any of them, and they must live where the model runs."""
+        super()._apply(fn, *args, **kwargs)
+        if self._source_layers is not None:
+            on_path = {id(layer) for layer in self.layers}
+            for layers in self._source_layers:
+                for layer in layers:
+                    if id(layer) not in on_path:
+                        layer._apply(fn, *args, **kwargs)
+        return self
 
     @property
     def path(self) -> list[list[int]]:
@@ -359,7 +389,8 @@ class DFSModel(DFSPreTrainedModel):
             set(kinds), inputs_embeds, attention_mask, cache, position_ids)
 
         hidden = inputs_embeds
-        position_embeddings = self.rotary_emb(hidden, position_ids=position_ids)
+        rotary_of = self._position_rotary()
+        position_embeddings = {k: self.rotary_embs[k](hidden, position_ids=position_ids) for k in set(rotary_of)}
         all_hidden = [] if output_hidden_states else None
         for position, layer in enumerate(self.layers):
             scale = self._input_scales[position]
@@ -373,7 +404,7 @@ class DFSModel(DFSPreTrainedModel):
                 attention_mask=masks[kinds[position]],
                 position_ids=position_ids,
                 use_cache=use_cache,
-                position_embeddings=position_embeddings,
+                position_embeddings=position_embeddings[rotary_of[position]],
                 **{cache_keyword(layer.forward): slot},
                 **kwargs,
             )
@@ -390,6 +421,12 @@ class DFSModel(DFSPreTrainedModel):
             hidden_states=tuple(all_hidden) if all_hidden is not None else None,
             **{output_cache_field(BaseModelOutputWithPast): cache},
         )
+
+    def _position_rotary(self) -> list[int]:
+        """Index into `rotary_embs` for each path position: its layer's source's rotary embedding."""
+        if self._source_rotary is None:
+            return [0] * len(self.layers)
+        return [self._source_rotary[s] for s, _ in self.config.dfs_path]
 
     def _masks(self, kinds, inputs_embeds, attention_mask, cache, position_ids) -> dict:
         mask_kwargs = dict(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
@@ -609,10 +646,11 @@ def layer_attention_type(config: PreTrainedConfig, layer: int) -> str:
 def _dfs_config(parts, path, scales, names, embed_source, head_source) -> DFSConfig:
     base = parts[embed_source].config
     fields = {k: v for k, v in base.to_dict().items() if k not in _STACK_KEYS}
-    if getattr(base, "layer_types", None) is not None:
-        fields["layer_types"] = [layer_attention_type(parts[s].config, l) for s, l in path]
+    fields["layer_types"] = [layer_attention_type(parts[s].config, l) for s, l in path]
     return DFSConfig(
         **fields,
+        sliding_window=_common_window(parts),
+        dfs_rope_parameters=[getattr(p.config, "rope_parameters", None) for p in parts],
         num_hidden_layers=len(path),
         attn_implementation=base._attn_implementation,
         architectures=["DFSForCausalLM"],
@@ -623,6 +661,24 @@ def _dfs_config(parts, path, scales, names, embed_source, head_source) -> DFSCon
         dfs_embed_source=embed_source,
         dfs_head_source=head_source,
     )
+
+
+def _common_window(parts: list[_SourceParts]) -> int | None:
+    """The attention window of the sources' sliding layers (one mask serves them all)."""
+    windows = {p.config.sliding_window for p in parts
+               if any(layer_attention_type(p.config, l) == "sliding_attention" for l in range(len(p.backbone.layers)))}
+    if len(windows) > 1:
+        raise DFSError(f"the sources' sliding-window layers use different windows {sorted(windows)}; "
+                       "a DFS model supports one window size")
+    return windows.pop() if windows else None
+
+
+def _with_rope(config: DFSConfig, rope_parameters: dict | None) -> DFSConfig:
+    """A copy of `config` with another source's rotary settings (to build its rotary embedding)."""
+    other = copy.copy(config)
+    if rope_parameters is not None:
+        other.rope_parameters = rope_parameters
+    return other
 
 
 def _empty_shell(cls: type[PreTrainedModel], config: DFSConfig) -> PreTrainedModel:

@@ -33,7 +33,6 @@ PS+DFS — DFS over a PS result and a source model — needs nothing special.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -256,15 +255,28 @@ def source_depth(model: Any) -> int:
     config = getattr(model, "config", None)
     if config is not None:
         return int(config.get_text_config(decoder=True).num_hidden_layers)
+    # counted from the checkpoint's tensor names: configs may leave num_hidden_layers at its
+    # default (llava-hf's LLaVA-1.6 text_config does), so it need not be written down
+    from evomm.adapters import adapter_for
+    from evomm.errors import EvommError
+    from evomm.io import open_source
+
     path = Path(str(model))
-    config_file = path / "config.json"
-    if not config_file.is_file():
+    if not (path / "config.json").is_file():
         raise ConfigError(f"dfs: {model}: no config.json (a DFS source must be a transformers checkpoint folder)")
-    raw = json.loads(config_file.read_text())
-    text = raw.get("text_config") or raw
-    if "num_hidden_layers" not in text:
-        raise ConfigError(f"dfs: {config_file}: no num_hidden_layers (not a decoder checkpoint)")
-    return int(text["num_hidden_layers"])
+    try:
+        source = open_source(path)
+    except EvommError as exc:
+        raise ConfigError(f"dfs: {model}: {exc}") from None
+    try:
+        depth = getattr(adapter_for(source), "num_layers", 0)
+    except EvommError as exc:
+        raise ConfigError(f"dfs: {model}: {exc}") from None
+    finally:
+        source.close()
+    if not depth:
+        raise ConfigError(f"dfs: {model}: no decoder layers (layers.N tensors) in the checkpoint")
+    return int(depth)
 
 
 def build_space(models: Sequence[Any], *, num_layers: Sequence[int] | None = None, **options: Any) -> DFSSpace:

@@ -43,7 +43,8 @@ def save_dfs_model(spec: dict[str, Any], model_dir: str | Path, card: dict[str, 
     from evomm.io.outdir import atomic_output_dir, copy_aux_files
     from evomm.models.dfs import DFSForCausalLM, dfs_into_llava
 
-    sources = [load_decoder_source(path) for path in spec["sources"]]
+    # in their storage dtype (bf16 for 7B checkpoints): float32 would double the host RAM
+    sources = [load_decoder_source(path, dtype="auto") for path in spec["sources"]]
     dfs = DFSForCausalLM.from_sources(
         sources, spec["path"], spec.get("scales"),
         embed_source=int(spec.get("embed_source", 0)),
@@ -69,7 +70,7 @@ def save_dfs_model(spec: dict[str, Any], model_dir: str | Path, card: dict[str, 
 def load_decoder_source(path: str | Path, dtype=None):
     """A source checkpoint as a transformers model (a LLaVA as LLaVA, else a causal LM).
 
-    Weights load from safetensors only; `dtype` defaults to float32."""
+    Weights load from safetensors only; `dtype` defaults to float32 ("auto": the checkpoint's)."""
     import torch
     from transformers import AutoModelForCausalLM
 

@@ -1,0 +1,126 @@
+"""Miniatures of the real EvoVLM-JP checkpoints: the real classes, on-disk names and quirks, tiny sizes.
+
+What each real checkpoint carries and a small model can carry too:
+- `llava_next_mistral` (llava-hf/llava-v1.6-mistral-7b-hf): `LlavaNextForConditionalGeneration`,
+  llava-hf's on-disk names (`language_model.model.layers.N`, `language_model.lm_head`,
+  `vision_tower.vision_model.…`, `multi_modal_projector.…`, `image_newline`), a `text_config`
+  without `num_hidden_layers` (the default, 32, applies), vocab 32064, rope_theta 1e6, no
+  sliding window (Mistral-7B-Instruct-v0.2), bfloat16, sharded with an index.
+- `mistral_v01` (Mistral-7B-v0.1, and shisa-gamma-7b-v1 fine-tuned from it): vocab 32000,
+  rope_theta 1e4, sliding window 4096, bfloat16, sharded.
+Only sizes shrink (hidden 32, 4 heads over 2 KV heads, 32 layers, a 32-pixel CLIP tower).
+The LLaVA's language model and the Mistral models share their first 32000 embedding rows and
+their layers' base, as the real ones share Mistral-7B.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from evomm.testing.tiny import _perturb_
+
+HIDDEN, HEADS, KV_HEADS, LAYERS = 32, 4, 2, 32
+VOCAB_MISTRAL, VOCAB_LLAVA = 32000, 32064
+
+
+def _mistral_config(vocab: int, rope_theta: float, sliding_window: int | None):
+    from transformers import MistralConfig
+
+    return MistralConfig(
+        vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=HIDDEN // HEADS,
+        max_position_embeddings=32768, rope_theta=rope_theta, sliding_window=sliding_window,
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, dtype="bfloat16",
+    )
+
+
+def _base_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    from transformers import MistralForCausalLM
+
+    torch.manual_seed(seed)
+    return MistralForCausalLM(_mistral_config(VOCAB_MISTRAL, 1e4, 4096)).state_dict()
+
+
+def _write_sharded(state: dict[str, torch.Tensor], out: Path, shards: int = 3) -> None:
+    """bfloat16 safetensors shards plus `model.safetensors.index.json`, as the hub repos hold them."""
+    names = sorted(state)
+    per = -(-len(names) // shards)
+    weight_map = {}
+    for i in range(shards):
+        part = names[i * per:(i + 1) * per]
+        file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({n: state[n].to(torch.bfloat16).contiguous() for n in part}, str(out / file),
+                  metadata={"format": "pt"})
+        weight_map.update({n: file for n in part})
+    total = sum(t.numel() * 2 for t in state.values())
+    (out / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+
+
+def mistral_v01(out: Path, *, seed: int = 0, drift: float = 0.0) -> Path:
+    """A Mistral-7B-v0.1-shaped checkpoint (drift > 0: a fine-tune of it, like shisa-gamma)."""
+    from transformers import MistralForCausalLM
+
+    config = _mistral_config(VOCAB_MISTRAL, 1e4, 4096)
+    model = MistralForCausalLM(config)
+    model.load_state_dict(_base_state())
+    _perturb_(model, seed, drift)
+    out.mkdir(parents=True)
+    config.architectures = ["MistralForCausalLM"]
+    config.to_json_file(out / "config.json")
+    _write_sharded(model.state_dict(), out)
+    return out
+
+
+def llava_next_mistral(out: Path, *, seed: int = 1, drift: float = 0.02) -> Path:
+    """A llava-v1.6-mistral-7b-hf-shaped checkpoint, saved under llava-hf's on-disk names."""
+    from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration
+
+    text = _mistral_config(VOCAB_LLAVA, 1e6, None)
+    vision = CLIPVisionConfig(hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=2,
+                              num_attention_heads=HEADS, image_size=32, patch_size=8, projection_dim=HIDDEN)
+    config = LlavaNextConfig(vision_config=vision, text_config=text, image_token_index=VOCAB_LLAVA - 64,
+                             image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]], projector_hidden_act="gelu",
+                             vision_feature_layer=-2, vision_feature_select_strategy="default",
+                             tie_word_embeddings=False, dtype="bfloat16")
+    torch.manual_seed(1000)
+    model = LlavaNextForConditionalGeneration(config)
+    live = dict(model.named_parameters())
+    with torch.no_grad():  # the language model starts from the shared Mistral base
+        for name, value in _base_state().items():
+            target = live[name.replace("model.", "model.language_model.", 1)]
+            target[: value.shape[0]].copy_(value)
+    _perturb_(model, seed, drift)
+    state = {_llava_hf_name(n): t for n, t in model.state_dict().items()}
+    out.mkdir(parents=True)
+    raw = config.to_dict()
+    for key in ("num_hidden_layers",):  # the real text_config leaves these at their defaults
+        raw["text_config"].pop(key, None)
+    raw["architectures"] = ["LlavaNextForConditionalGeneration"]
+    (out / "config.json").write_text(json.dumps(raw, indent=1))
+    _write_sharded(state, out)
+    return out
+
+
+def _llava_hf_name(name: str) -> str:
+    """transformers-5 in-memory name -> the name in llava-hf's safetensors files."""
+    for memory, disk in (("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
+                         ("model.vision_tower.", "vision_tower.vision_model."),
+                         ("model.multi_modal_projector.", "multi_modal_projector."),
+                         ("model.image_newline", "image_newline")):
+        if name.startswith(memory):
+            return disk + name[len(memory):]
+    raise AssertionError(f"unexpected LLaVA-NeXT tensor {name}")
+
+
+def evovlm_sources(root: Path) -> dict[str, Path]:
+    """The three sources of `pipelines/evovlm_jp.yml`, as miniatures under `root`."""
+    return {
+        "mistral_base": mistral_v01(root / "Mistral-7B-v0.1"),
+        "llava": llava_next_mistral(root / "llava-v1.6-mistral-7b-hf"),
+        "shisa": mistral_v01(root / "shisa-gamma-7b-v1", seed=2, drift=0.02),
+    }
