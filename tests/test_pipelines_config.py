@@ -1,5 +1,5 @@
 """The VLM pipeline configs validate, and the real-scale one builds its search spaces from
-`config.json` files alone (stand-ins for LLaVA-1.6-Mistral-7B and shisa-gamma-7b, no weights)."""
+configs and safetensors headers alone (on miniatures of LLaVA-1.6-Mistral-7B and shisa-gamma-7b)."""
 
 from __future__ import annotations
 
@@ -18,26 +18,12 @@ REAL = ROOT / "pipelines" / "evovlm_jp.yml"
 TOY = ROOT / "pipelines" / "toy_evovlm_jp.yml"
 
 
-def _mistral_config(layers: int = 32) -> dict:
-    return {"model_type": "mistral", "architectures": ["MistralForCausalLM"], "num_hidden_layers": layers,
-            "hidden_size": 4096, "vocab_size": 32000}
-
-
 def _stand_ins(tmp_path: Path) -> dict[str, str]:
-    """Config-only folders with the real models' layer counts."""
-    folders = {
-        "mistral_base": _mistral_config(),
-        "shisa": _mistral_config(),
-        "llava": {"model_type": "llava_next", "architectures": ["LlavaNextForConditionalGeneration"],
-                  "text_config": _mistral_config(), "vision_config": {"model_type": "clip_vision_model"}},
-    }
-    out = {}
-    for name, config in folders.items():
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "config.json").write_text(json.dumps(config))
-        out[name] = str(folder)
-    return out
+    """Miniatures of the real checkpoints (tests/miniatures.py): 32 layers each, llava-hf
+    names, a LLaVA text_config without num_hidden_layers, vocab 32064 vs 32000."""
+    from miniatures import evovlm_sources
+
+    return {name: str(path) for name, path in evovlm_sources(tmp_path).items()}
 
 
 def test_real_scale_config_validates_and_builds_its_spaces_without_weights(tmp_path):
@@ -99,3 +85,11 @@ def test_report_options_name_a_bad_key(tmp_path):
     config.extras = {"report": {"dataset": "x", "vlm": "nope"}}
     with pytest.raises(ConfigError, match="extras.report.vlm"):
         report_options(config)
+
+
+def test_files_named_in_pipeline_comments_exist():
+    import re
+
+    for config in sorted((ROOT / "pipelines").glob("*.yml")):
+        for named in re.findall(r"\b((?:eval|pipelines|assets|docs)/[\w./-]+\.(?:ya?ml|md|py))", config.read_text()):
+            assert (ROOT / named).is_file(), f"{config.name} names {named}, which does not exist"
