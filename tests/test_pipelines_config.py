@@ -3,7 +3,6 @@ configs and safetensors headers alone (on miniatures of LLaVA-1.6-Mistral-7B and
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
