@@ -260,3 +260,33 @@ def test_ties_with_tied_magnitudes_equals_methods(compile_):
     assert int((M.trim_by_magnitude(delta, 0.3) != 0).sum()) > M.top_k_count(0.3, delta.numel())  # ties kept
     for k in SHAPES:
         torch.testing.assert_close(target[k], _expected("ties", models, ["m0", "m1"], k, p, 0), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_bfloat16_storage_equals_methods_on_rounded_inputs(method):
+    # a 7B search keeps its state in bfloat16: the result is the method applied to the
+    # bfloat16-rounded base and task vectors, computed in float32, and the state is half the size
+    models = _models(n=2, seed=3)
+    narrow = _materializer(method, models, {k: torch.empty(s) for k, s in SHAPES.items()},
+                           compile=False, chunk_size=64, storage_dtype=torch.bfloat16)
+    wide = _materializer(method, models, {k: torch.empty(s) for k, s in SHAPES.items()}, compile=False)
+    gen = torch.Generator().manual_seed(4)
+    params = _params(method, narrow.merged, SHAPES, gen)
+    narrow.materialize(params, seed=7)
+    wide.materialize(params, seed=7)
+
+    def rounded(ref, name):  # what bfloat16 storage keeps of a source, as a float32 value
+        base = models["base"][name]
+        if method in ("linear", "slerp") or ref == "base":
+            return models[ref][name].bfloat16().float()
+        return base.bfloat16().float() + (models[ref][name] - base).bfloat16().float()
+
+    reference = {ref: {name: rounded(ref, name) for name in SHAPES} for ref in models}
+    for name in SHAPES:
+        expected = _expected(method, reference, narrow.merged, name, params[name], 7)
+        torch.testing.assert_close(narrow._slots[name].target.reshape(expected.shape), expected, atol=1e-5, rtol=1e-5)
+    state = lambda m: sum(t.element_size() * t.numel() for s in m._slots.values()  # noqa: E731
+                          for t in [*([s.base] if s.base is not None else []), *s.inputs, *(s.bits or [])])
+    assert state(narrow) * 2 == state(wide) if method not in ("dare_ties", "dare_linear") else state(narrow) < state(wide)
+    if method.startswith("dare"):
+        assert all(b.dtype == torch.int16 for s in narrow._slots.values() for b in s.bits)

@@ -138,3 +138,27 @@ def test_dfs_export_keeps_the_sources_storage_dtype(real, tmp_path):
     assert dtypes == {"BF16"}
     config = json.loads((out / "config.json").read_text())
     assert config["text_config"]["vocab_size"] == VOCAB_LLAVA
+
+
+def _dare_ties(real):
+    return {"merge_method": "dare_ties", "base_model": str(real["mistral_base"]), "dtype": "bfloat16",
+            "models": [{"model": str(real["llava"]), "parameters": {"weight": 0.6, "density": 0.5}},
+                       {"model": str(real["shisa"]), "parameters": {"weight": 0.5, "density": 0.4}}],
+            "evomm": {"keep_from": str(real["llava"]), "seed": 0}}
+
+
+@pytest.mark.parametrize("merge_device", [None, "cpu"])
+def test_ps_candidate_merges_where_asked_in_the_model_dtype(real, merge_device):
+    # "meta" stands in for a GPU: by default the merge state lives with the model on the
+    # evaluator's device (nothing per candidate crosses the bus); merge_device="cpu" keeps it
+    # in host RAM. Either way it is kept in the model's dtype, DARE bits as int16.
+    recipe = _dare_ties(real)
+    candidate = CandidateModel(recipe, device="meta", dtype=torch.bfloat16, merge_device=merge_device)
+    slots = candidate._ps.materializer._slots.values()
+    assert slots
+    state_device = "cpu" if merge_device == "cpu" else "meta"
+    assert {t.device.type for s in slots for t in (s.base, *s.inputs)} == {state_device}
+    assert {t.dtype for s in slots for t in (s.base, *s.inputs)} == {torch.bfloat16}
+    model = candidate.apply(recipe)
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert {b.dtype for s in slots for b in s.bits} == {torch.int16}

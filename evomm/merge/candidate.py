@@ -4,13 +4,15 @@ The evolutionary search scores many recipes over the same source models. Re-read
 checkpoints, re-instantiating the model or recomputing what does not depend on the
 candidate would dominate its time, so `CandidateMaterializer`:
 
-- loads the sources once (float32) and keeps, per merged tensor, what the method needs:
+- loads the sources once and keeps, per merged tensor, what the method needs (in
+  `storage_dtype`: float32 by default, bfloat16 for a 7B search, computed in float32 anyway):
   the source tensors (linear), the base and the task vectors `x_i - base` (task arithmetic,
   TIES, DARE), both endpoints with their norms and dot product (SLERP);
 - precomputes per tensor what no candidate changes: the sorted magnitudes of every task
   vector, so a TIES density becomes a threshold lookup instead of a k-th value search;
   and, per DARE seed, the random bits of the drop masks (candidates of one search usually
-  share the seed, so their masks differ only through the density);
+  share the seed, so their masks differ only through the density), kept as the int16 values
+  they are;
 - writes each candidate into the target tensors in place (`copy_` under `torch.no_grad()`):
   no model re-instantiation, no disk writes. Tensors that are not merged, and the rows of a
   vocabulary-sized tensor beyond those shared by all sources, are copied once at setup;
@@ -89,7 +91,7 @@ def routes_from_tasks(tasks: Iterable[Any], primary: str) -> dict[str, Route]:
 
 @dataclass
 class _Merged:
-    """What one merged target tensor keeps between candidates (flat float32 tensors)."""
+    """What one merged target tensor keeps between candidates (flat tensors in the storage dtype)."""
 
     name: str
     target: Tensor  # the region written per candidate (leading rows of the target), flat
@@ -99,7 +101,7 @@ class _Merged:
     sorted_abs: list[Tensor] = field(default_factory=list)  # per merged model: ascending |task vector| (TIES)
     slerp_stats: tuple[float, float, float] | None = None  # |a|, |b|, cos(a, b)
     bits_seed: int | None = None
-    bits: list[Tensor] | None = None  # per merged model: DARE random values for `bits_seed`
+    bits: list[Tensor] | None = None  # per merged model: DARE random values (int16) for `bits_seed`
 
 
 class CandidateMaterializer:
@@ -113,6 +115,9 @@ class CandidateMaterializer:
     base:     the base model's reference (methods that need one; SLERP's t=0 end).
     compile:  fuse each method into one pass with `torch.compile` (None: try, fall back to
               eager if compiling fails here).
+    storage_dtype: dtype of the kept base / task vectors / sources (float32, or bfloat16 to
+              hold a 7B pair in a third of the memory); the arithmetic is float32 either way.
+    The state lives on each target tensor's device: targets on a GPU merge on the GPU.
     """
 
     def __init__(
@@ -128,6 +133,7 @@ class CandidateMaterializer:
         chunk_size: int = DEFAULT_CHUNK,
         cache_dare_bits: bool = True,
         progress: bool = False,
+        storage_dtype: torch.dtype = torch.float32,
     ):
         self.spec = M.method_spec(method)
         self.method = method
@@ -145,6 +151,9 @@ class CandidateMaterializer:
         n, lo, hi = len(self.merged), self.spec.min_models, self.spec.max_models
         if n < lo or (hi is not None and n > hi):
             raise ConfigError(f"{method}: cannot merge {n} model(s) besides the base")
+        if not storage_dtype.is_floating_point:
+            raise ConfigError(f"storage_dtype must be a floating dtype, got {storage_dtype}")
+        self.storage_dtype = storage_dtype
         self.chunk_size = int(chunk_size)
         self.cache_dare_bits = cache_dare_bits
         self._compile = compile
@@ -191,21 +200,24 @@ class CandidateMaterializer:
                 raise ShapeMismatchError(f"{name}: {ref} has shape {list(t.shape)}, the target {list(shape)}")
             return t.detach().to(device=region.device, dtype=torch.float32).reshape(-1)
 
+        def keep(t: Tensor) -> Tensor:  # the float32 result, stored narrow if asked
+            return t if self.storage_dtype == torch.float32 else t.to(self.storage_dtype)
+
         flat = region.reshape(-1) if region.is_contiguous() else None
         if flat is None or flat.data_ptr() != region.data_ptr():
             raise ConfigError(f"{name}: target tensors must be contiguous")
         slot = _Merged(name, flat, flat.numel())
         kind = self.method
         if kind == "linear":
-            slot.inputs = [load(ref).clone() for ref in self.merged]
+            slot.inputs = [keep(load(ref).clone()) for ref in self.merged]
         elif kind == "slerp":
             a, b = load(self.base), load(self.merged[0])
-            slot.base, slot.inputs = a.clone(), [b.clone()]
-            slot.slerp_stats = M.slerp_stats(a, b)
+            slot.base, slot.inputs = keep(a.clone()), [keep(b.clone())]
+            slot.slerp_stats = M.slerp_stats(slot.base.float(), slot.inputs[0].float())  # of what is kept
         else:
             base = load(self.base).clone()
-            slot.base = base
-            slot.inputs = [load(ref) - base for ref in self.merged]
+            slot.inputs = [keep(load(ref) - base) for ref in self.merged]
+            slot.base = keep(base)
             if kind == "ties":
                 slot.sorted_abs = [_sorted_magnitudes(d) for d in slot.inputs]
         return slot
@@ -335,19 +347,18 @@ class CandidateMaterializer:
         return float(slot.sorted_abs[model][slot.numel - k])
 
     def _dare_bits(self, slot: _Merged, tensor_seed: int, n: int) -> list[Tensor]:
-        """Each merged model's 16-bit DARE random values for this tensor, as float32.
+        """Each merged model's 16-bit DARE random values for this tensor (int16).
 
-        Float32 (exact for 16-bit integers) keeps the fused kernel vectorised. With
-        `cache_dare_bits` they are kept per tensor while the seed stays the same (the search's
-        usual case); a new seed refills the same buffers.
+        With `cache_dare_bits` they are kept per tensor while the seed stays the same (the
+        search's usual case); a new seed refills the same buffers.
         """
         if slot.bits is not None and slot.bits_seed == tensor_seed:
             return slot.bits
         device = slot.target.device
         if self.cache_dare_bits:
-            bits = slot.bits or [torch.empty(slot.numel, dtype=torch.float32, device=device) for _ in range(n)]
+            bits = slot.bits or [torch.empty(slot.numel, dtype=torch.int16, device=device) for _ in range(n)]
         else:
-            bits = [self._scratch.get(f"bits{i}", slot.numel, device) for i in range(n)]
+            bits = [self._scratch.get(f"bits{i}", slot.numel, device, torch.int16) for i in range(n)]
         for i, buf in enumerate(bits):
             fill_mask_bits(M.dare_bit_stream(tensor_seed, i), buf)
         if self.cache_dare_bits:
@@ -362,7 +373,7 @@ def fill_mask_bits(stream: np.random.SFC64, out: Tensor, chunk: int = 1 << 20) -
     exactly as by one large draw (pieces are multiples of 4 values, one 64-bit draw each).
     """
     chunk -= chunk % 4
-    host = out.numpy() if out.device.type == "cpu" else None  # numpy's int16 -> float32 cast is ~2x torch's
+    host = out.numpy() if out.device.type == "cpu" else None
     for start in range(0, out.numel(), chunk):
         stop = min(out.numel(), start + chunk)
         bits = M.draw_mask_bits(stream, stop - start)
@@ -374,8 +385,11 @@ def fill_mask_bits(stream: np.random.SFC64, out: Tensor, chunk: int = 1 << 20) -
 
 
 def _sorted_magnitudes(delta: Tensor) -> Tensor:
-    """|delta| in ascending order (numpy's SIMD sort is ~10x faster than torch.sort on CPU)."""
-    return torch.from_numpy(np.sort(delta.abs().cpu().numpy())).to(delta.device)
+    """|delta| in ascending order, in delta's dtype (on the CPU numpy's SIMD sort is ~10x
+    faster than torch.sort; on a GPU torch.sort stays there)."""
+    if delta.device.type != "cpu":
+        return torch.sort(delta.abs())[0]
+    return torch.from_numpy(np.sort(delta.float().abs().numpy())).to(delta.dtype)
 
 
 def _fetch(models: Mapping[str, Mapping[str, Tensor]], ref: str, name: str, shape) -> Tensor:

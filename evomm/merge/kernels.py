@@ -12,6 +12,8 @@
 
 Both agree with `evomm.merge.methods` to float32 rounding (tests/test_candidate.py).
 Per-model values are lists in merge order; `xs` are the weighted, sparsified task vectors.
+Inputs may be stored narrower than float32 (bfloat16 task vectors, int16 DARE bits: a 7B
+candidate's state in a third of the memory); both forms compute in float32 all the same.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from torch import Tensor
 
 
 def _weighted_sum(xs: list[Tensor], weights: Tensor) -> Tensor:
-    total = xs[0] * weights[0]
+    total = xs[0].float() * weights[0]
     for i in range(1, len(xs)):
-        total = total + xs[i] * weights[i]
+        total = total + xs[i].float() * weights[i]
     return total
 
 
@@ -37,7 +39,7 @@ def _fused_linear(out: Tensor, sources: list[Tensor], weights: Tensor, divisor: 
 
 
 def _fused_sum(out: Tensor, base: Tensor, deltas: list[Tensor], weights: Tensor, divisor: Tensor, lam: Tensor) -> None:
-    out.copy_(base + _weighted_sum(deltas, weights) / divisor * lam)
+    out.copy_(base.float() + _weighted_sum(deltas, weights) / divisor * lam)
 
 
 def _fused_elect(out: Tensor, base: Tensor, xs: list[Tensor], weights: Tensor, lam: Tensor, normalize: bool) -> None:
@@ -57,13 +59,13 @@ def _fused_elect(out: Tensor, base: Tensor, xs: list[Tensor], weights: Tensor, l
             divisor = w if divisor is None else divisor + w
     if normalize:
         mixed = mixed / torch.where(divisor == 0, 1.0, divisor)
-    out.copy_(base + mixed * lam)
+    out.copy_(base.float() + mixed * lam)
 
 
 def _fused_ties(
     out: Tensor, base: Tensor, deltas: list[Tensor], thresholds: Tensor, weights: Tensor, lam: Tensor, normalize: bool
 ) -> None:
-    xs = [torch.where(d.abs() >= thresholds[i], d, 0.0) * weights[i] for i, d in enumerate(deltas)]
+    xs = [torch.where(d.float().abs() >= thresholds[i], d.float(), 0.0) * weights[i] for i, d in enumerate(deltas)]
     _fused_elect(out, base, xs, weights, lam, normalize)
 
 
@@ -80,18 +82,19 @@ def _fused_dare(
     normalize: bool,
     consensus: bool,
 ) -> None:
-    xs = [torch.where(b < keep_below[i], d / rescale[i], 0.0) * weights[i] for i, (d, b) in enumerate(zip(deltas, bits))]
+    xs = [torch.where(b.float() < keep_below[i], d.float() / rescale[i], 0.0) * weights[i]
+          for i, (d, b) in enumerate(zip(deltas, bits))]
     if consensus:
         _fused_elect(out, base, xs, weights, lam, normalize)
     else:
         total = xs[0]
         for i in range(1, len(xs)):
             total = total + xs[i]
-        out.copy_(base + total / divisor * lam)
+        out.copy_(base.float() + total / divisor * lam)
 
 
 def _fused_slerp(out: Tensor, a: Tensor, b: Tensor, c_a: Tensor, c_b: Tensor) -> None:
-    out.copy_(a * c_a + b * c_b)
+    out.copy_(a.float() * c_a + b.float() * c_b)
 
 
 _FUSED_SOURCES: dict[str, Callable[..., None]] = {
@@ -115,21 +118,32 @@ def fused(kind: str) -> Callable[..., None]:
 
 
 class Scratch:
-    """Reusable float32 buffers: eager kernels allocate nothing per candidate."""
+    """Reusable buffers (float32 unless asked): eager kernels allocate nothing per candidate."""
 
     def __init__(self) -> None:
         self._buffers: dict[str, Tensor] = {}
 
-    def get(self, key: str, numel: int, device: torch.device) -> Tensor:
+    def get(self, key: str, numel: int, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
         buf = self._buffers.get(key)
-        if buf is None or buf.numel() < numel or buf.device != device:
-            buf = self._buffers[key] = torch.empty(numel, dtype=torch.float32, device=device)
+        if buf is None or buf.numel() < numel or buf.device != device or buf.dtype != dtype:
+            buf = self._buffers[key] = torch.empty(numel, dtype=dtype, device=device)
         return buf[:numel]
 
 
 def _chunks(numel: int, chunk: int):
     for start in range(0, numel, chunk):
         yield start, min(numel, start + chunk)
+
+
+def _f32(t: Tensor, s: int, e: int, scratch: Scratch, key: str) -> Tensor:
+    """Elements s:e of `t` as float32: a view when it is float32, else a scratch copy."""
+    if t.dtype == torch.float32:
+        return t[s:e]
+    return scratch.get(key, e - s, t.device).copy_(t[s:e])
+
+
+def _all_f32(tensors: Sequence[Tensor]) -> bool:
+    return all(t.dtype == torch.float32 for t in tensors)
 
 
 #: Streaming kernels (linear, task arithmetic, slerp) make few passes per chunk, so they take
@@ -139,15 +153,16 @@ STREAM_CHUNK_FACTOR = 4
 
 def eager_linear(out: Tensor, sources: list[Tensor], weights: Sequence[float], divisor: float, *,
                  chunk: int, scratch: Scratch) -> None:
-    if len(sources) == 2 and divisor != 1 and math.isclose(weights[0] + weights[1], divisor, rel_tol=1e-12):
+    if (len(sources) == 2 and divisor != 1 and math.isclose(weights[0] + weights[1], divisor, rel_tol=1e-12)
+            and _all_f32(sources)):
         # a normalised pair is a lerp: exactly the one-pass floor
         torch.lerp(sources[0], sources[1], weights[1] / divisor, out=out)
         return
     for s, e in _chunks(out.numel(), chunk * STREAM_CHUNK_FACTOR):
         o = out[s:e]
-        torch.mul(sources[0][s:e], weights[0], out=o)
+        torch.mul(_f32(sources[0], s, e, scratch, "in"), weights[0], out=o)
         for x, w in zip(sources[1:], weights[1:]):
-            o.add_(x[s:e], alpha=w)
+            o.add_(_f32(x, s, e, scratch, "in"), alpha=w)
         if divisor != 1:
             o.div_(divisor)
 
@@ -156,19 +171,19 @@ def eager_sum(out: Tensor, base: Tensor, deltas: list[Tensor], weights: Sequence
               *, chunk: int, scratch: Scratch) -> None:
     for s, e in _chunks(out.numel(), chunk * STREAM_CHUNK_FACTOR):
         o = out[s:e]
-        torch.mul(deltas[0][s:e], weights[0], out=o)
+        torch.mul(_f32(deltas[0], s, e, scratch, "in"), weights[0], out=o)
         for x, w in zip(deltas[1:], weights[1:]):
-            o.add_(x[s:e], alpha=w)
+            o.add_(_f32(x, s, e, scratch, "in"), alpha=w)
         if divisor != 1:
             o.div_(divisor)
         if lam != 1:
             o.mul_(lam)
-        o.add_(base[s:e])
+        o.add_(_f32(base, s, e, scratch, "in"))
 
 
 def eager_slerp(out: Tensor, a: Tensor, b: Tensor, c_a: float, c_b: float, *, chunk: int, scratch: Scratch) -> None:
     for s, e in _chunks(out.numel(), chunk * STREAM_CHUNK_FACTOR):
-        torch.mul(a[s:e], c_a, out=out[s:e]).add_(b[s:e], alpha=c_b)
+        torch.mul(_f32(a, s, e, scratch, "in"), c_a, out=out[s:e]).add_(_f32(b, s, e, scratch, "in"), alpha=c_b)
 
 
 def _below(value: float) -> float:
@@ -224,12 +239,14 @@ def eager_ties(out: Tensor, base: Tensor, deltas: list[Tensor], thresholds: Sequ
         xs = []
         for j, i in enumerate(live):
             x = scratch.get(f"x{j}", e - s, out.device)
+            delta = _f32(deltas[i], s, e, scratch, "in")
             if shrink[i] is None:
-                torch.mul(deltas[i][s:e], weights[i], out=x)
+                torch.mul(delta, weights[i], out=x)
             else:
-                torch.hardshrink(deltas[i][s:e], shrink[i], out=x).mul_(weights[i])
+                torch.hardshrink(delta, shrink[i], out=x).mul_(weights[i])
             xs.append(x)
-        _eager_elect(out[s:e], base[s:e], xs, [weights[i] for i in live], lam, normalize, scratch)
+        _eager_elect(out[s:e], _f32(base, s, e, scratch, "base"), xs, [weights[i] for i in live], lam, normalize,
+                     scratch)
 
 
 def eager_dare(out: Tensor, base: Tensor, deltas: list[Tensor], bits: list[Tensor], keep_below: Sequence[float],
@@ -239,12 +256,13 @@ def eager_dare(out: Tensor, base: Tensor, deltas: list[Tensor], bits: list[Tenso
         xs = []
         for i, (d, b) in enumerate(zip(deltas, bits)):
             x = scratch.get(f"x{i}", e - s, out.device)
-            # bits are integers as floats: clamp(keep_below - bits, 0, 1) is 1 where bits < keep_below, else 0
-            torch.clamp(torch.neg(b[s:e], out=x).add_(keep_below[i]), 0, 1, out=x)
-            x.mul_(d[s:e]).div_(rescale[i]).mul_(weights[i])
+            # bits are integers: clamp(keep_below - bits, 0, 1) is 1 where bits < keep_below, else 0
+            x.copy_(b[s:e])
+            torch.clamp(x.neg_().add_(keep_below[i]), 0, 1, out=x)
+            x.mul_(_f32(d, s, e, scratch, "in")).div_(rescale[i]).mul_(weights[i])
             xs.append(x)
         if consensus:
-            _eager_elect(out[s:e], base[s:e], xs, weights, lam, normalize, scratch)
+            _eager_elect(out[s:e], _f32(base, s, e, scratch, "base"), xs, weights, lam, normalize, scratch)
         else:
             o = out[s:e].copy_(xs[0])
             for x in xs[1:]:
@@ -253,7 +271,7 @@ def eager_dare(out: Tensor, base: Tensor, deltas: list[Tensor], bits: list[Tenso
                 o.div_(divisor)
             if lam != 1:
                 o.mul_(lam)
-            o.add_(base[s:e])
+            o.add_(_f32(base, s, e, scratch, "base"))
 
 
 EAGER: dict[str, Callable[..., None]] = {

@@ -22,11 +22,12 @@ class PSCandidates:
 
     `target=None` allocates float32 tensors for the merged tensors only (enough for fitness
     functions that look at weights); a fitness that runs a model passes its parameters, keyed
-    by the primary checkpoint's tensor names. `compile` is passed to the materialiser.
+    by the primary checkpoint's tensor names. `compile` and `storage_dtype` are passed to
+    the materialiser, whose state lives where the targets are.
     """
 
     def __init__(self, recipe: Mapping[str, Any], target: Mapping[str, torch.Tensor] | None = None,
-                 *, compile: bool | None = False) -> None:
+                 *, compile: bool | None = False, storage_dtype: torch.dtype = torch.float32) -> None:
         from evomm.merge.candidate import CandidateMaterializer, routes_from_tasks
         from evomm.merge.plan import build_plan, open_models
         from evomm.merge.recipe import Recipe
@@ -48,7 +49,7 @@ class PSCandidates:
                 target, sources, routes, template.merge_method, base=template.base_model,
                 merged=[ref for ref in template.input_models()
                         if not (template.method.needs_base and ref == template.base_model)],
-                compile=compile,
+                compile=compile, storage_dtype=storage_dtype,
             )
         finally:
             for model in models.values():
@@ -106,11 +107,20 @@ class CandidateModel:
     once and every candidate's merged weights are written into its parameters in place. DFS
     specs: the sources are loaded once and a DFS model over them is re-routed per candidate
     (a LLaVA embedding source stays a LLaVA with a DFS language model). `apply(spec)` returns
-    the model, ready for forward / generate. `dtype` is the model's (bfloat16 halves the memory
-    of a 7B candidate on a GPU; merging itself is always done in float32).
+    the model, ready for forward / generate. `dtype` is the model's, and also the dtype the
+    PS merge keeps its base and task vectors in (bfloat16: a third of float32's memory; the
+    arithmetic is float32 either way).
+
+    `merge_device`: where PS candidates are merged. Default: the evaluator's device, so a GPU
+    evaluator merges on the GPU (state and model there, nothing crosses the bus per
+    candidate); "cpu" keeps the merge state in host RAM and copies each candidate's merged
+    tensors to the device (for GPUs too small for the state). `compile`: fuse each merge
+    method with `torch.compile` (default: on a GPU try it, falling back to eager; on the CPU
+    eager, which needs no compiler warm-up).
     """
 
-    def __init__(self, spec: Mapping[str, Any], device: str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, spec: Mapping[str, Any], device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 *, merge_device: str | None = None, compile: bool | None = None) -> None:
         self.kind = "dfs" if spec.get("type") == "dfs" else "ps"
         self.device = device
         if self.kind == "dfs":
@@ -139,13 +149,18 @@ class CandidateModel:
                 for m in models.values():
                     m.source.close()
             self.model = load_decoder_source(primary_path, dtype=dtype)  # merged in float32, cast on write
-            live = model_targets(self.model, names)
-            if torch.device(device).type == "cpu":
-                self._ps, self._device_targets = PSCandidates(spec, live), None
+            merge_device = torch.device(merge_device or device)
+            if compile is None:
+                compile = None if merge_device.type == "cuda" else False
+            if merge_device == torch.device(device):
+                self.model.to(device)
+                self._ps = PSCandidates(spec, model_targets(self.model, names), compile=compile, storage_dtype=dtype)
+                self._device_targets = None
             else:
-                # merge on the CPU into shadow tensors, then copy the merged ones to the device
-                shadow = {name: t.detach().clone() for name, t in live.items()}
-                self._ps = PSCandidates(spec, shadow)
+                # merge into shadow tensors on merge_device, then copy the merged ones to the model
+                live = model_targets(self.model, names)
+                shadow = {name: t.detach().to(merge_device, copy=True) for name, t in live.items()}
+                self._ps = PSCandidates(spec, shadow, compile=compile, storage_dtype=dtype)
                 self.model.to(device)
                 self._device_targets = model_targets(self.model, names)
         self.model.to(device).eval()

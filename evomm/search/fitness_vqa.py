@@ -223,7 +223,9 @@ class VQARougeEvaluator:
         from evomm.search.candidates import CandidateModel
 
         if self._candidate is None:
-            self._candidate = CandidateModel(spec, device=self.device, dtype=self.dtype)
+            self._candidate = CandidateModel(spec, device=self.device, dtype=self.dtype,
+                                             merge_device=self.options.get("merge_device"),
+                                             compile=self.options.get("compile"))
         model = self._candidate.apply(spec)
         self.last_answers = self.answer(model)
         return self.scorer.objective(self.objective, self.rows, self.last_answers)
