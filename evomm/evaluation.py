@@ -51,6 +51,10 @@ class ModelSpec(BaseModel):
     template: str | None = None
     dtype: str = "float32"
     trust_remote_code: bool = False
+    # LLaVA-NeXT checkpoints: `tiling` (their own class; what unset means) or `single_crop`
+    # (their weights in LlavaForConditionalGeneration: one crop, no image_newline), see
+    # evomm.models.vlm.IMAGE_MODES
+    image_mode: Literal["tiling", "single_crop"] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -65,8 +69,8 @@ class GenerationSpec(BaseModel):
     max_new_tokens: int = Field(default=128, ge=1)
     num_beams: int = Field(default=1, ge=1)
     batch_size: int = Field(default=8, ge=1)
-    repetition_penalty: float | None = None
-    length_penalty: float | None = None
+    repetition_penalty: float | None = Field(default=None, gt=0)  # 1.0: none; > 1 penalises repeats
+    length_penalty: float | None = None  # beam search only
 
 
 class EvalConfig(BaseModel):
@@ -200,7 +204,7 @@ def _device(name: str) -> str:
 
 
 def build_generator(spec: ModelSpec, config: EvalConfig, base: Path | None):
-    from evomm.models.vlm import VLMGenerator
+    from evomm.models.vlm import VLMGenerator, with_image_mode
 
     generation = config.generation.model_dump()
     device = _device(config.device)
@@ -211,6 +215,8 @@ def build_generator(spec: ModelSpec, config: EvalConfig, base: Path | None):
         model = tiny_llava(**spec.tiny_llava)
         processor = tiny_processor(model.config.text_config.vocab_size,
                                    next_version=bool(spec.tiny_llava.get("next_version")))
+        model, processor = with_image_mode(model, processor, spec.image_mode,
+                                           where=f"model {spec.name!r}")
         return VLMGenerator(model, processor, template=spec.template, generation=generation,
                             device=device)
     return VLMGenerator.from_pretrained(
@@ -221,6 +227,7 @@ def build_generator(spec: ModelSpec, config: EvalConfig, base: Path | None):
         device=device,
         dtype=spec.dtype,
         trust_remote_code=spec.trust_remote_code,
+        image_mode=spec.image_mode,
         progress=True,
     )
 
