@@ -103,6 +103,7 @@ def llava_next_mistral(out: Path, *, seed: int = 1, drift: float = 0.02) -> Path
     raw["architectures"] = ["LlavaNextForConditionalGeneration"]
     (out / "config.json").write_text(json.dumps(raw, indent=1))
     _write_sharded(state, out)
+    llava_processor().save_pretrained(out)
     return out
 
 
@@ -115,6 +116,60 @@ def _llava_hf_name(name: str) -> str:
         if name.startswith(memory):
             return disk + name[len(memory):]
     raise AssertionError(f"unexpected LLaVA-NeXT tensor {name}")
+
+
+def llava_processor(vocab_size: int = VOCAB_LLAVA, image_token_index: int = VOCAB_LLAVA - 64):
+    """A LlavaNextProcessor for the miniature: a character-level tokenizer with exactly
+    `vocab_size` ids (filler tokens past the alphabet) and `<image>` where the config says."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import LlavaNextImageProcessor, LlavaNextProcessor, PreTrainedTokenizerFast
+
+    from evomm.testing.tiny_processor import CHAT_TEMPLATE, IMAGE_TOKEN, SPECIAL_TOKENS, tiny_alphabet
+
+    chars = tiny_alphabet(len(tiny_alphabet_all()))
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    vocab.update({c: len(SPECIAL_TOKENS) + i for i, c in enumerate(chars)})
+    vocab[IMAGE_TOKEN] = image_token_index
+    used = set(vocab.values())
+    vocab.update({f"<t{i}>": i for i in range(vocab_size) if i not in used})
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    backend.add_special_tokens([*SPECIAL_TOKENS, IMAGE_TOKEN])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                        unk_token="<unk>", pad_token="<pad>", padding_side="left",
+                                        extra_special_tokens={"image_token": IMAGE_TOKEN})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    image_processor = LlavaNextImageProcessor(image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]],
+                                              size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                              do_center_crop=True)
+    return LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
+                              vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                              chat_template=CHAT_TEMPLATE)
+
+
+def tiny_alphabet_all() -> list[str]:
+    from evomm.testing.tiny_processor import _ASCII, _JAPANESE
+
+    return list(dict.fromkeys(_ASCII + _JAPANESE))
+
+
+def vqa_split(root: Path, n: int = 4) -> Path:
+    """A JSONL split in evomm's VQA format with small coloured pictures and Japanese answers."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    colours = [("赤", (220, 30, 30)), ("青", (30, 30, 220)), ("白", (240, 240, 240)), ("黒", (10, 10, 10))]
+    lines = []
+    for i in range(n):
+        name, rgb = colours[i % len(colours)]
+        Image.new("RGB", (40, 40), rgb).save(root / "images" / f"{i}.png")
+        lines.append(json.dumps({"image": f"images/{i}.png", "question": "何色ですか？", "answer": f"{name}です。",
+                                 "lang": "ja"}, ensure_ascii=False))
+    (root / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root / "train.jsonl"
 
 
 def evovlm_sources(root: Path) -> dict[str, Path]:

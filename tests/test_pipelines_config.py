@@ -92,3 +92,16 @@ def test_files_named_in_pipeline_comments_exist():
     for config in sorted((ROOT / "pipelines").glob("*.yml")):
         for named in re.findall(r"\b((?:eval|pipelines|assets|docs)/[\w./-]+\.(?:ya?ml|md|py))", config.read_text()):
             assert (ROOT / named).is_file(), f"{config.name} names {named}, which does not exist"
+
+
+def test_set_overrides_reach_the_config_and_refuse_bad_keys():
+    config = load_config(REAL, ["sources.llava=/data/llava", "device=cpu", "optimizer.generations=2",
+                                "stages.1.space.repeats=2", "fitness.generation.batch_size=4"])
+    assert config.sources["llava"] == "/data/llava" and config.device == "cpu"
+    assert config.stages[1].space.repeats == 2
+    assert all(s.optimizer.generations == 2 for s in config.stages)
+    assert all(s.fitness.generation["batch_size"] == 4 for s in config.stages)
+    for bad, message in (("device", "KEY=VALUE"), ("stages.9.space.repeats=2", "not an index"),
+                         ("seed.x=1", "is a value"), ("fitness.options=[", "not valid YAML")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(REAL, [bad])

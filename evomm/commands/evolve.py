@@ -23,18 +23,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or per-generation lines")
     parser.add_argument("--num-threads", type=int, default=None, help="torch threads (overrides the config)")
     parser.add_argument("--seed", type=int, default=None, help="run seed (overrides the config's `seed:`)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value (dotted key, YAML value), e.g. --set sources.llava=/data/llava "
+                             "--set device=cpu --set stages.0.optimizer.generations=2; repeatable")
 
 
-def _config_text(path: Path, seed: int | None) -> str:
-    """The config as run: the file itself, or with `seed:` replaced when --seed overrides it."""
+def _config_text(path: Path, seed: int | None, overrides: list[str]) -> str:
+    """The config as run: the file itself, or with --seed / --set applied."""
     text = path.read_text(encoding="utf-8")
-    if seed is None:
+    if seed is None and not overrides:
         return text
     import yaml
 
-    data = yaml.safe_load(text)
-    data["seed"] = seed
-    return f"# {path.name} run with --seed {seed}\n" + yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
+    from evomm.search.config import read_config_data
+
+    data = read_config_data(path, overrides)
+    flags = ([f"--seed {seed}"] if seed is not None else []) + [f"--set {o}" for o in overrides]
+    if seed is not None:
+        data["seed"] = seed
+    return f"# {path.name} run with {' '.join(flags)}\n" + yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from evomm.search.stages import run_all
 
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, args.overrides)
         if args.num_threads:
             config.num_threads = args.num_threads
         if args.seed is not None:
@@ -59,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             raise EvommError(f"{out} is not empty; pass --resume to continue the run there, or choose a new --out")
         out.mkdir(parents=True, exist_ok=True)
         if not used or not config_copy.exists():
-            atomic_write_text(config_copy, _config_text(Path(args.config), args.seed))
+            atomic_write_text(config_copy, _config_text(Path(args.config), args.seed, args.overrides))
         results = run_all(config, out, resume=args.resume, progress=not args.no_progress)
     except EvommError as exc:
         print(f"evomm evolve: {exc}", file=sys.stderr)

@@ -184,8 +184,8 @@ class EvolveConfig(_Strict):
         return self
 
 
-def load_config(path: str | Path) -> EvolveConfig:
-    """Read and validate an evolve config; relative source paths are relative to the file."""
+def read_config_data(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The config file as a mapping, with `--set KEY=VALUE` overrides applied."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -195,6 +195,48 @@ def load_config(path: str | Path) -> EvolveConfig:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    apply_overrides(raw, overrides or [])
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
+    """Set `a.b.0.c=VALUE` items in place (VALUE read as YAML): the same recipe with other
+    paths, budgets or device, without editing the file (e.g. `sources.llava=/data/llava`)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. sources.llava=/data/llava")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
+        node: Any = raw
+        parts = key.strip().split(".")
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            where = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"--set {key}: {where} is not an index of a list of {len(node)}")
+                index: Any = int(part)
+            elif isinstance(node, dict):
+                index = part
+                if not last and index not in node:
+                    node[index] = {}
+            else:
+                raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])} is a value, not a mapping or list")
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> EvolveConfig:
+    """Read and validate an evolve config; relative source paths are relative to the file.
+
+    `overrides`: `KEY=VALUE` items applied before validation (see `apply_overrides`)."""
+    path = Path(path)
+    raw = read_config_data(path, overrides)
     config = parse_config(raw, where=str(path))
     config.config_dir = str(path.parent.resolve())
     config.sources = {
