@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evolve": ("evolve", "evolve a merge recipe with CMA-ES (PS, DFS, PS+DFS)"),
     "eval": ("eval", "evaluate models on a Japanese VQA benchmark"),
     "zoo": ("zoo", "build or check the toy model zoo"),
+    "plan": ("plan", "estimate an evolve run's genome, memory and time per candidate (headers only)"),
+    "convert": ("convert", "convert a published repo layout (jsdxl) to one evomm loads without remote code"),
 }
 
 

@@ -179,3 +179,107 @@ def evovlm_sources(root: Path) -> dict[str, Path]:
         "llava": llava_next_mistral(root / "llava-v1.6-mistral-7b-hf"),
         "shisa": mistral_v01(root / "shisa-gamma-7b-v1", seed=2, drift=0.02),
     }
+
+
+# -- stand-ins at the real 7B shapes: real headers, holes for the data -----------------------
+
+def _sparse_safetensors(path: Path, tensors: dict[str, tuple[int, ...]], dtype: str = "BF16") -> int:
+    """A safetensors file whose header is real and whose data is a hole (no disk used)."""
+    import struct
+
+    size = {"BF16": 2, "F16": 2, "F32": 4}[dtype]
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, shape in tensors.items():
+        nbytes = size
+        for d in shape:
+            nbytes *= d
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        f.truncate(8 + len(blob) + offset)
+    return offset
+
+
+def _mistral_7b_tensors(prefix: str, head: str, vocab: int) -> dict[str, tuple[int, ...]]:
+    hidden, inter, kv = 4096, 14336, 1024
+    out = {f"{prefix}embed_tokens.weight": (vocab, hidden), f"{prefix}norm.weight": (hidden,), head: (vocab, hidden)}
+    for i in range(32):
+        p = f"{prefix}layers.{i}."
+        out.update({p + "self_attn.q_proj.weight": (hidden, hidden), p + "self_attn.k_proj.weight": (kv, hidden),
+                    p + "self_attn.v_proj.weight": (kv, hidden), p + "self_attn.o_proj.weight": (hidden, hidden),
+                    p + "mlp.gate_proj.weight": (inter, hidden), p + "mlp.up_proj.weight": (inter, hidden),
+                    p + "mlp.down_proj.weight": (hidden, inter), p + "input_layernorm.weight": (hidden,),
+                    p + "post_attention_layernorm.weight": (hidden,)})
+    return out
+
+
+def _clip_vit_l_336_tensors(prefix: str) -> dict[str, tuple[int, ...]]:
+    d, mlp = 1024, 4096
+    out = {prefix + "embeddings.class_embedding": (d,), prefix + "embeddings.patch_embedding.weight": (d, 3, 14, 14),
+           prefix + "embeddings.position_embedding.weight": (577, d), prefix + "pre_layrnorm.weight": (d,),
+           prefix + "pre_layrnorm.bias": (d,), prefix + "post_layernorm.weight": (d,), prefix + "post_layernorm.bias": (d,)}
+    for i in range(24):
+        p = f"{prefix}encoder.layers.{i}."
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            out[p + f"self_attn.{proj}.weight"], out[p + f"self_attn.{proj}.bias"] = (d, d), (d,)
+        for norm in ("layer_norm1", "layer_norm2"):
+            out[p + f"{norm}.weight"], out[p + f"{norm}.bias"] = (d,), (d,)
+        out.update({p + "mlp.fc1.weight": (mlp, d), p + "mlp.fc1.bias": (mlp,), p + "mlp.fc2.weight": (d, mlp),
+                    p + "mlp.fc2.bias": (d,)})
+    return out
+
+
+def _write_sparse_checkpoint(out: Path, tensors: dict[str, tuple[int, ...]], config: dict, shards: int = 4) -> Path:
+    out.mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    names = list(tensors)
+    per = -(-len(names) // shards)
+    weight_map, total = {}, 0
+    for i in range(shards):
+        file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: tensors[n] for n in names[i * per:(i + 1) * per]}
+        total += _sparse_safetensors(out / file, part)
+        weight_map.update({n: file for n in part})
+    (out / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    return out
+
+
+MISTRAL_7B_V01_CONFIG = {
+    "architectures": ["MistralForCausalLM"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
+    "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 14336, "max_position_embeddings": 32768,
+    "model_type": "mistral", "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "sliding_window": 4096, "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16", "use_cache": True, "vocab_size": 32000}
+
+LLAVA_V16_MISTRAL_CONFIG = {  # llava-hf/llava-v1.6-mistral-7b-hf's config.json, as published
+    "architectures": ["LlavaNextForConditionalGeneration"], "ignore_index": -100, "image_token_index": 32000,
+    "image_grid_pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+    "model_type": "llava_next", "projector_hidden_act": "gelu", "torch_dtype": "bfloat16",
+    "text_config": {"_name_or_path": "mistralai/Mistral-7B-Instruct-v0.2", "architectures": ["MistralForCausalLM"],
+                    "intermediate_size": 14336, "max_position_embeddings": 32768, "model_type": "mistral",
+                    "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0,
+                    "sliding_window": None, "torch_dtype": "bfloat16", "vocab_size": 32064},
+    "use_image_newline_parameter": True, "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
+    "vision_config": {"hidden_size": 1024, "image_size": 336, "intermediate_size": 4096, "model_type": "clip_vision_model",
+                      "num_attention_heads": 16, "num_hidden_layers": 24, "patch_size": 14, "projection_dim": 768,
+                      "vocab_size": 32000}}
+
+
+def sparse_7b_sources(root: Path) -> dict[str, Path]:
+    """The three sources of `pipelines/evovlm_jp.yml` at their real shapes, names and configs,
+    ~44 GB on paper and a few kB on disk (estimates and planning only: the data are holes)."""
+    llava = _mistral_7b_tensors("language_model.model.", "language_model.lm_head.weight", 32064)
+    llava.update(_clip_vit_l_336_tensors("vision_tower.vision_model."))
+    llava.update({"multi_modal_projector.linear_1.weight": (4096, 1024), "multi_modal_projector.linear_1.bias": (4096,),
+                  "multi_modal_projector.linear_2.weight": (4096, 4096), "multi_modal_projector.linear_2.bias": (4096,),
+                  "image_newline": (4096,)})
+    mistral = _mistral_7b_tensors("model.", "lm_head.weight", 32000)
+    return {
+        "mistral_base": _write_sparse_checkpoint(root / "Mistral-7B-v0.1", mistral, MISTRAL_7B_V01_CONFIG),
+        "llava": _write_sparse_checkpoint(root / "llava-v1.6-mistral-7b-hf", llava, LLAVA_V16_MISTRAL_CONFIG),
+        "shisa": _write_sparse_checkpoint(root / "shisa-gamma-7b-v1", mistral, MISTRAL_7B_V01_CONFIG),
+    }

@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or per-generation lines")
     parser.add_argument("--num-threads", type=int, default=None, help="torch threads (overrides the config)")
     parser.add_argument("--seed", type=int, default=None, help="run seed (overrides the config's `seed:`)")
+    parser.add_argument("--no-fit-check", action="store_true",
+                        help="skip the memory estimate that refuses a run this machine cannot hold (see `evomm plan`)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value (dotted key, YAML value), e.g. --set sources.llava=/data/llava "
                              "--set device=cpu --set stages.0.optimizer.generations=2; repeatable")
@@ -44,6 +46,18 @@ def _config_text(path: Path, seed: int | None, overrides: list[str]) -> str:
     return f"# {path.name} run with {' '.join(flags)}\n" + yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
 
 
+def _check_fits(config) -> None:
+    """Refuse a run whose evaluator cannot fit this machine (the estimate of `evomm plan`)."""
+    from evomm.search.estimate import check_fits, estimate_run
+
+    try:
+        estimates = estimate_run(config)
+    except (EvommError, KeyError, ValueError, OSError) as exc:  # the run itself will say what is wrong
+        print(f"evomm evolve: note: no memory estimate ({exc})", file=sys.stderr)
+        return
+    check_fits(config, estimates)
+
+
 def run(args: argparse.Namespace) -> int:
     from evomm.search.config import load_config
     from evomm.search.run import atomic_write_text
@@ -58,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(config.num_threads)
+        if not args.no_fit_check:
+            _check_fits(config)
         out = Path(args.out)
         config_copy = out / "config.yml"
         # a run that stopped before its first evaluation left only config.yml: start it afresh
