@@ -283,3 +283,46 @@ def sparse_7b_sources(root: Path) -> dict[str, Path]:
         "llava": _write_sparse_checkpoint(root / "llava-v1.6-mistral-7b-hf", llava, LLAVA_V16_MISTRAL_CONFIG),
         "shisa": _write_sparse_checkpoint(root / "shisa-gamma-7b-v1", mistral, MISTRAL_7B_V01_CONFIG),
     }
+
+
+# -- the sources of pipelines/evosdxl_jp.yml, in their real layouts, from the toy SDXL zoo ----
+
+SDXL_ZOO = Path(__file__).resolve().parents[1] / "assets" / "sdxl_zoo"
+
+
+def evosdxl_sources(root: Path) -> dict[str, Path]:
+    """Five SDXL sources in the layouts the real recipe names: SDXL base as a diffusers folder,
+    JSDXL (converted) with fp16 variant files only, SDXL-Lightning as one diffusers-named UNet
+    file, Juggernaut-XL as a single-file checkpoint with LDM names, DPO as a bare `unet/` folder.
+    All are the toy zoo's SDXL-architecture UNets (sharing its base), at toy size."""
+    import shutil
+
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import load_file
+
+    from evomm.adapters import diffusers_to_ldm_names
+
+    root.mkdir(parents=True)
+    shutil.copytree(SDXL_ZOO / "base", root / "stable-diffusion-xl-base-1.0")
+    japanese = StableDiffusionXLPipeline.from_pretrained(SDXL_ZOO / "japanese", local_files_only=True)
+    japanese.to(torch.float16).save_pretrained(root / "japanese-stable-diffusion-xl-diffusers", variant="fp16")
+    shutil.copyfile(SDXL_ZOO / "fewstep" / "unet" / "diffusion_pytorch_model.safetensors",
+                    root / "sdxl_lightning_4step_unet.safetensors")
+    base_unet = load_file(str(SDXL_ZOO / "base" / "unet" / "diffusion_pytorch_model.safetensors"))
+    gen = torch.Generator().manual_seed(5)
+    drifted = {n: (t + 0.01 * torch.randn(t.shape, generator=gen)).half() for n, t in base_unet.items()}
+    layers_per_block = json.loads((SDXL_ZOO / "base" / "unet" / "config.json").read_text())["layers_per_block"]
+    names = diffusers_to_ldm_names(list(drifted), layers_per_block)
+    save_file({names[n]: t for n, t in drifted.items()}, str(root / "juggernautXL_v9.safetensors"))
+    (root / "dpo-sdxl-text2image-v1" / "unet").mkdir(parents=True)
+    shutil.copyfile(SDXL_ZOO / "base" / "unet" / "config.json", root / "dpo-sdxl-text2image-v1" / "unet" / "config.json")
+    gen = torch.Generator().manual_seed(6)
+    save_file({n: t + 0.01 * torch.randn(t.shape, generator=gen) for n, t in base_unet.items()},
+              str(root / "dpo-sdxl-text2image-v1" / "unet" / "diffusion_pytorch_model.safetensors"))
+    return {
+        "sdxl_base": root / "stable-diffusion-xl-base-1.0",
+        "jsdxl": root / "japanese-stable-diffusion-xl-diffusers",
+        "lightning": root / "sdxl_lightning_4step_unet.safetensors",
+        "juggernaut": root / "juggernautXL_v9.safetensors",
+        "dpo": root / "dpo-sdxl-text2image-v1",
+    }
