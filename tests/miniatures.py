@@ -326,3 +326,52 @@ def evosdxl_sources(root: Path) -> dict[str, Path]:
         "juggernaut": root / "juggernautXL_v9.safetensors",
         "dpo": root / "dpo-sdxl-text2image-v1",
     }
+
+
+SDXL_UNET_CONFIG = {  # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (the fields that shape it)
+    "_class_name": "UNet2DConditionModel", "act_fn": "silu", "addition_embed_type": "text_time",
+    "addition_embed_type_num_heads": 64, "addition_time_embed_dim": 256, "attention_head_dim": [5, 10, 20],
+    "block_out_channels": [320, 640, 1280], "center_input_sample": False, "cross_attention_dim": 2048,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"], "flip_sin_to_cos": True,
+    "freq_shift": 0, "in_channels": 4, "layers_per_block": 2, "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4, "projection_class_embeddings_input_dim": 2816,
+    "sample_size": 128, "transformer_layers_per_block": [1, 2, 10], "use_linear_projection": True,
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]}
+
+
+def _sdxl_unet_shapes() -> dict[str, tuple[int, ...]]:
+    """Every tensor name and shape of the real SDXL UNet (built on the meta device: no memory)."""
+    from diffusers import UNet2DConditionModel
+
+    config = {k: v for k, v in SDXL_UNET_CONFIG.items() if not k.startswith("_")}
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**config)
+    return {name: tuple(t.shape) for name, t in unet.state_dict().items()}
+
+
+def sparse_sdxl_sources(root: Path) -> dict[str, Path]:
+    """The five sources of `pipelines/evosdxl_jp.yml` at the real SDXL UNet's names and shapes, fp16,
+    in their real layouts (holes for the data: estimates and planning only)."""
+    from evomm.adapters import diffusers_to_ldm_names
+
+    shapes = _sdxl_unet_shapes()
+
+    def pipeline(folder: Path) -> Path:
+        (folder / "unet").mkdir(parents=True)
+        (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline",
+                                                             "unet": ["diffusers", "UNet2DConditionModel"]}))
+        (folder / "unet" / "config.json").write_text(json.dumps(SDXL_UNET_CONFIG))
+        _sparse_safetensors(folder / "unet" / "diffusion_pytorch_model.fp16.safetensors", shapes, "F16")
+        return folder
+
+    root.mkdir(parents=True)
+    lightning = root / "sdxl_lightning_4step_unet.safetensors"
+    _sparse_safetensors(lightning, shapes, "F16")
+    ldm = diffusers_to_ldm_names(list(shapes), SDXL_UNET_CONFIG["layers_per_block"])
+    juggernaut = root / "juggernautXL_v9.safetensors"
+    _sparse_safetensors(juggernaut, {ldm[n]: s for n, s in shapes.items()}, "F16")
+    dpo = pipeline(root / "dpo-sdxl-text2image-v1")
+    (dpo / "model_index.json").unlink()  # a bare unet/ folder
+    return {"sdxl_base": pipeline(root / "stable-diffusion-xl-base-1.0"),
+            "jsdxl": pipeline(root / "japanese-stable-diffusion-xl-diffusers"),
+            "lightning": lightning, "juggernaut": juggernaut, "dpo": dpo}

@@ -75,3 +75,17 @@ def test_check_fits_names_the_device_and_the_way_out(sparse, monkeypatch):
     with pytest.raises(EvommError, match=r"stage ps needs ~9\d\.\d GiB on cuda .*options.merge_device=cpu"):
         estimate.check_fits(config)
     estimate.check_fits(load_config(REAL, _sets(sparse) + ["fitness.options.merge_device=cpu"]))  # fits 80 GB
+
+
+def test_plan_of_the_real_sdxl_recipe(tmp_path):
+    from miniatures import sparse_sdxl_sources
+
+    sources = sparse_sdxl_sources(tmp_path / "sdxl")
+    config = load_config(ROOT / "pipelines" / "evosdxl_jp.yml", _sets(sources))
+    (est,) = estimate.estimate_run(config)
+    unet = estimate.checkpoint_params(sources["lightning"])
+    assert 2.56e9 < unet < 2.57e9  # the SDXL UNet
+    # all five layouts were read; task arithmetic over the base: base + 4 task vectors, fp16
+    assert est.merged_params == unet and est.genome == 9 * 2 * 4 + 9 * 4
+    assert est.device_bytes == unet * 2 + unet * 5 * 2
+    assert any("not counted" in note for note in est.notes)

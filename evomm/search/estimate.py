@@ -56,7 +56,7 @@ class StageEstimate:
         return None if self.generate_seconds is None else self.merge_seconds + self.generate_seconds
 
     def line(self, device: str) -> str:
-        time = f"~{self.seconds:.0f} s" if self.seconds is not None else f"merge ~{self.merge_seconds:.1f} s"
+        time = f"~{self.seconds:.0f} s" if self.seconds is not None else f"merge ~{self.merge_seconds:.2g} s"
         return (f"{self.name} ({self.kind}): genome {self.genome}, {self.merged_tensors} tensors / "
                 f"{self.merged_params / 1e9:.2f} B parameters merged; per evaluator {device} "
                 f"{self.device_bytes / GiB:.1f} GiB, host {self.host_bytes / GiB:.1f} GiB; {time} per candidate")
@@ -160,6 +160,8 @@ def estimate_stage(config: Any, stage: Any, sources: dict[str, str]) -> StageEst
                                 + 2 * params * prompt * n_samples / flops)
     elif fit is not None:
         est.notes.append("generation time not estimated for this fitness")
+    if not shape:
+        est.notes.append("merged model only: text encoders, VAE, scorer and activations not counted")
     return est
 
 
