@@ -445,3 +445,17 @@ def method_spec(name: str) -> MethodSpec:
         return METHODS[name]
     except KeyError:
         raise ConfigError(f"unknown merge method {name!r} (known: {', '.join(METHODS)})") from None
+
+
+def _register_more_methods() -> None:
+    """Add the methods written in their own modules (they import this one's helpers)."""
+    from evomm.merge import methods_geometric, methods_sparse
+
+    for module in (methods_sparse, methods_geometric):
+        for spec in module.SPECS:
+            if spec.name in METHODS:
+                raise RuntimeError(f"merge method {spec.name!r} registered twice")
+            METHODS[spec.name] = spec
+
+
+_register_more_methods()
