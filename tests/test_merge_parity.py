@@ -52,6 +52,31 @@ def _recipes(p):
             "parameters": {"t": [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
                                  {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]}, {"value": 0.5}]},
         },
+        # a frankenmerge (mergekit's orcamini-platy-44layer shape): two layer ranges stacked
+        "stack_linear": {
+            "slices": [{"sources": [{"model": a, "layer_range": [0, 3]}]},
+                       {"sources": [{"model": b, "layer_range": [1, 4]}]}],
+            "merge_method": "linear", "dtype": "float32", "parameters": {"weight": 1.0},
+        },
+        # per-slice merges: each slice its own sources, base, parameters and gradient
+        "stack_slerp": {
+            "slices": [{"sources": [{"model": base, "layer_range": [0, 2]}, {"model": a, "layer_range": [1, 3]}],
+                        "base_model": base, "parameters": {"t": [0.1, 0.9]}},
+                       {"sources": [{"model": a, "layer_range": [2, 4]}, {"model": b, "layer_range": [0, 2]}],
+                        "base_model": a},
+                       {"sources": [{"model": b, "layer_range": [3, 4]}, {"model": base, "layer_range": [3, 4]}],
+                        "base_model": b, "parameters": {"t": [{"filter": "mlp", "value": 0.8}, {"value": 0.2}]}}],
+            "merge_method": "slerp", "dtype": "float32", "parameters": {"t": 0.4},
+        },
+        "stack_ties": {
+            "slices": [{"sources": [{"model": a, "layer_range": [0, 4], "parameters": {"weight": 0.7, "density": 0.5}},
+                                    {"model": b, "layer_range": [0, 4], "parameters": {"weight": [0.2, 1.0]}},
+                                    {"model": base, "layer_range": [0, 4]}]},
+                       {"sources": [{"model": b, "layer_range": [2, 4], "parameters": {"weight": 0.5}},
+                                    {"model": a, "layer_range": [2, 4], "parameters": {"weight": 0.5}},
+                                    {"model": base, "layer_range": [2, 4]}], "parameters": {"density": 0.3}}],
+            "merge_method": "ties", "base_model": base, "dtype": "float32", "parameters": {"density": 0.8},
+        },
     }
 
 
@@ -64,7 +89,8 @@ def _mergekit(cfg: dict, out) -> dict[str, torch.Tensor]:
     return load_file(out / "model.safetensors")
 
 
-@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "slerp_slices"])
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "slerp_slices", "stack_linear",
+                                    "stack_slerp", "stack_ties"])
 def test_matches_mergekit(family, tmp_path, method):
     from evomm.merge.execute import run_merge
 
@@ -76,6 +102,13 @@ def test_matches_mergekit(family, tmp_path, method):
     for name in expected:
         assert got[name].dtype == torch.float32
         torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=0, msg=name)
+    if method.startswith("stack"):
+        import json
+
+        layers = sum(s["sources"][0]["layer_range"][1] - s["sources"][0]["layer_range"][0] for s in cfg["slices"])
+        assert json.loads((tmp_path / "evomm" / "config.json").read_text())["num_hidden_layers"] == layers
+        assert json.loads((tmp_path / "mergekit" / "config.json").read_text())["num_hidden_layers"] == layers
+        return
     # the recipe really varies across layers: layer 0 and the last layer differ in mixing
     base = load_file(f"{family['base']}/model.safetensors")
     assert not torch.equal(got["model.layers.0.mlp.up_proj.weight"], base["model.layers.0.mlp.up_proj.weight"])
@@ -106,16 +139,18 @@ def test_gradient_and_filter_resolution_match_mergekit():
             assert got == pytest.approx(expected), (setting, name, t)
 
 
-def test_partial_slices_are_refused(family, tmp_path):
+def test_bad_slices_are_clear_errors(family, tmp_path):
     from evomm.errors import ConfigError
     from evomm.merge.execute import run_merge
 
-    cfg = _recipes(family)["slerp_slices"]
-    cfg["slices"][0]["sources"] = [{"model": family["base"], "layer_range": [0, 2]},
-                                   {"model": family["ft2"], "layer_range": [2, 4]}]
-    with pytest.raises(ConfigError, match="must cover all of its 4 layers"):
+    cfg = _recipes(family)["stack_linear"]
+    cfg["slices"][1]["sources"][0]["layer_range"] = [2, 6]
+    with pytest.raises(ConfigError, match=r"slices\[1\]: layer_range \[2, 6\] of .* is beyond its 4 layers"):
         run_merge(Recipe.from_dict(cfg), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
-    cfg["slices"].append(cfg["slices"][0])
-    with pytest.raises(ConfigError, match="only one slice"):
+    cfg["slices"][1]["sources"].append({"model": family["base"], "layer_range": [0, 3]})
+    with pytest.raises(ConfigError, match="same length"):
+        Recipe.from_dict(cfg)
+    cfg["slices"][1]["sources"] = [{"model": family["ft2"], "layer_range": [3, 3]}]
+    with pytest.raises(ConfigError, match="empty"):
         Recipe.from_dict(cfg)

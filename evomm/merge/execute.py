@@ -34,7 +34,7 @@ def merge_tensor(plan: MergePlan, task: TensorTask, device: str | torch.device =
     prim = plan.primary_input.source
     if not task.merge:
         return prim.get(task.name)
-    recipe = plan.recipe
+    recipe = plan.recipe_for(task)
     tensors = {}
     for ref, name in task.inputs.items():
         tensor = plan.models[ref].source.get(name)
@@ -106,6 +106,8 @@ def write_metadata(plan: MergePlan, out_dir: Path, base_dir: Path | None = None,
     prim = plan.primary_input
     config = dict(prim.source.config or {})
     wanted = plan.recipe.output_dtype()
+    if config and plan.num_layers is not None:
+        config = _with_depth(config, plan)
     if config:
         if wanted is not None:
             for key in ("dtype", "torch_dtype"):
@@ -119,6 +121,21 @@ def write_metadata(plan: MergePlan, out_dir: Path, base_dir: Path | None = None,
             copy_aux_files(tok_folder, out_dir, TOKENIZER_AUX)
     (out_dir / "evomm_recipe.yml").write_text(plan.recipe.to_yaml())
     write_model_card(plan, out_dir, title=title)
+
+
+def _with_depth(config: dict, plan: MergePlan) -> dict:
+    """The primary's config with the stacked output's layer count (and per-layer types)."""
+    config = json.loads(json.dumps(config))
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    text["num_hidden_layers"] = plan.num_layers
+    types = text.get("layer_types")
+    if isinstance(types, list) and types:
+        out = []
+        for segment in plan.recipe.segments:
+            start = next(iter(segment.starts.values()))
+            out += [types[min(start + j, len(types) - 1)] for j in range(segment.length)]
+        text["layer_types"] = out
+    return config
 
 
 def describe_plan(plan: MergePlan) -> str:

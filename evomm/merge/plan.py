@@ -46,6 +46,7 @@ class TensorTask:
     merge: bool  # False: copied unchanged from the primary model
     inputs: dict[str, str] = field(default_factory=dict)  # model ref -> its tensor name
     rows: int | None = None  # vocab tensors: merge only the first `rows` rows
+    segment: int | None = None  # `slices:` recipes: the slice whose recipe merges this tensor
 
 
 @dataclass
@@ -55,6 +56,11 @@ class MergePlan:
     primary: str  # the model whose layout, config and unmerged parts the output takes
     tasks: list[TensorTask]
     architecture: str
+    num_layers: int | None = None  # output layer count when `slices:` stack layers
+
+    def recipe_for(self, task: TensorTask) -> Recipe:
+        """The recipe that merges `task`: its slice's for a stacked `slices:` recipe."""
+        return self.recipe if task.segment is None else self.recipe.segments[task.segment].recipe
 
     @property
     def primary_input(self) -> ModelInput:
@@ -83,7 +89,8 @@ def _choose_primary(recipe: Recipe, models: dict[str, ModelInput]) -> str:
     return recipe.base_model if recipe.base_model is not None else next(iter(models))
 
 
-def _check_architectures(recipe: Recipe, models: dict[str, ModelInput], primary: str) -> str:
+def _check_architectures(recipe: Recipe, models: dict[str, ModelInput], primary: str,
+                         same_depth: bool = True) -> str:
     kinds = {ref: m.adapter.kind for ref, m in models.items()}
     families = {"sdxl_unet" if k == "sdxl_unet" else "decoder" for k in kinds.values()}
     if len(families) > 1:
@@ -107,7 +114,7 @@ def _check_architectures(recipe: Recipe, models: dict[str, ModelInput], primary:
         desc = ", ".join(f"{r} is {t}" for r, t in types.items())
         raise ArchitectureError(f"mismatched architectures: {desc}")
     layers = {ref: m.adapter.num_layers for ref, m in models.items()}
-    if len(set(layers.values())) > 1:
+    if same_depth and len(set(layers.values())) > 1:
         desc = ", ".join(f"{r} has {n}" for r, n in layers.items())
         raise ArchitectureError(f"mismatched architectures: different numbers of layer groups ({desc})")
     return arch
@@ -125,11 +132,12 @@ def _ties_embeddings(model: ModelInput, slot: Slot) -> bool:
 def build_plan(recipe: Recipe, models: dict[str, ModelInput]) -> MergePlan:
     """Check the models against each other and list one task per output tensor."""
     primary = _choose_primary(recipe, models)
-    arch = _check_architectures(recipe, models, primary)
-    for ref, (start, end) in recipe._layer_ranges.items():
-        if (start, end) != (0, models[ref].adapter.num_layers):
-            raise ConfigError(f"slices: layer_range [{start}, {end}] of {ref} must cover all of its "
-                              f"{models[ref].adapter.num_layers} layers (partial ranges are not supported)")
+    segments = recipe.segments
+    stacked = segments is not None and (len(segments) > 1 or any(
+        (start, end) != (0, models[ref].adapter.num_layers) for ref, (start, end) in recipe._layer_ranges.items()))
+    arch = _check_architectures(recipe, models, primary, same_depth=not stacked)
+    if stacked:
+        return _build_stacked_plan(recipe, models, primary, arch)
     prim = models[primary]
     tasks = []
     for name in prim.source.keys():
@@ -164,9 +172,92 @@ def build_plan(recipe: Recipe, models: dict[str, ModelInput]) -> MergePlan:
     return MergePlan(recipe, models, primary, tasks, arch)
 
 
+def _merge_inputs(models: dict[str, ModelInput], refs: list[str], slots: dict[str, Slot], out_name: str,
+                  shape: tuple[int, ...], vocab_role: bool) -> tuple[dict[str, str], int | None]:
+    """Each model's name for its slot, checked against the output shape (vocab rows may differ)."""
+    inputs, rows = {}, shape[0] if shape else None
+    for ref in refs:
+        model = models[ref]
+        name = model.adapter.name_of(slots[ref])
+        if (name is None or name not in model.source) and _ties_embeddings(model, slots[ref]):
+            name = model.adapter.name_of(Slot("text", None, "embed_tokens.weight"))
+        if name is None or name not in model.source:
+            raise MissingTensorError(f"missing tensor: {ref} has no {name or slots[ref]} (needed for {out_name})")
+        src_shape = model.source.shape(name)
+        if src_shape != shape:
+            if not (vocab_role and len(src_shape) == len(shape) and src_shape[1:] == shape[1:]):
+                raise ShapeMismatchError(f"mismatched shapes for {out_name}: {list(shape)} vs {ref}'s "
+                                         f"{list(src_shape)} ({name})")
+            rows = min(rows, src_shape[0])
+        inputs[ref] = name
+    return inputs, (None if rows == (shape[0] if shape else None) else rows)
+
+
+def _build_stacked_plan(recipe: Recipe, models: dict[str, ModelInput], primary: str, arch: str) -> MergePlan:
+    """A `slices:` recipe that stacks layer ranges: one output layer per slice layer, in order.
+
+    As mergekit: embeddings come from the first slice's sources, the other tensors outside the
+    layers (final norm, head) from the last slice's (as many of them as the first slice has),
+    both at t = 0; a slice's layer i of n sits at t = i/(n-1) (t = 1 when n = 1).
+    """
+    if arch not in ("llm", "vlm"):
+        raise ConfigError(f"slices: stacking layer ranges is for decoder models; this recipe is {arch} "
+                          "(use one slice over every layer, or models:)")
+    segments = recipe.segments
+    for i, segment in enumerate(segments):
+        for ref, start in segment.starts.items():
+            depth = models[ref].adapter.num_layers
+            if start + segment.length > depth:
+                raise ConfigError(f"slices[{i}]: layer_range [{start}, {start + segment.length}] of {ref} "
+                                  f"is beyond its {depth} layers")
+    prim = models[primary]
+    pre, post, layer_roles = [], [], {}
+    for name in prim.source.keys():
+        slot = prim.adapter.slot_of(name)
+        merged = slot.component in prim.adapter.merged_components and prim.source.dtype(name).is_floating_point
+        if slot.layer is not None:
+            if slot.component == "text":
+                layer_roles.setdefault(slot.role, None)
+            continue
+        shape = prim.source.shape(name)
+        if not merged:
+            pre.append(TensorTask(name, shape, slot, 0.0, merge=False))
+            continue
+        first = slot.role == "embed_tokens.weight"
+        index = 0 if first else len(segments) - 1
+        refs = segments[index].recipe.input_models()
+        if not first:  # mergekit pairs the last slice's sources with the first slice's count
+            refs = refs[: len(segments[0].recipe.input_models())]
+        inputs, rows = _merge_inputs(models, refs, {r: slot for r in refs}, name, shape,
+                                     slot.role in prim.adapter.vocab_roles)
+        (pre if first else post).append(TensorTask(name, shape, slot, 0.0, True, inputs, rows, segment=index))
+    layers, out_layer = [], 0
+    for index, segment in enumerate(segments):
+        refs = segment.recipe.input_models()
+        for j in range(segment.length):
+            t = j / (segment.length - 1) if segment.length > 1 else 1.0
+            for role in layer_roles:
+                slots = {r: Slot("text", segment.starts.get(r, segment.starts[refs[0]]) + j, role) for r in refs}
+                first = models[refs[0]]
+                first_name = first.adapter.name_of(slots[refs[0]])
+                if first_name is None or first_name not in first.source:
+                    raise MissingTensorError(f"missing tensor: {refs[0]} has no {first_name}")
+                shape = first.source.shape(first_name)
+                out_name = prim.adapter.name_of(Slot("text", out_layer, role))
+                inputs, rows = _merge_inputs(models, refs, slots, out_name, shape, False)
+                layers.append(TensorTask(out_name, shape, Slot("text", out_layer, role), t, True, inputs, rows,
+                                         segment=index))
+            out_layer += 1
+    return MergePlan(recipe, models, primary, pre + layers + post, arch, num_layers=out_layer)
+
+
 def output_dtype(plan: MergePlan, task: TensorTask) -> torch.dtype:
     """The recipe's dtype for float tensors; everything else keeps its source dtype."""
-    src_dtype = plan.primary_input.source.dtype(task.name)
+    if task.name in plan.primary_input.source:
+        src_dtype = plan.primary_input.source.dtype(task.name)
+    else:  # a stacked layer the primary does not have: its first source's dtype
+        ref, name = next(iter(task.inputs.items()))
+        src_dtype = plan.models[ref].source.dtype(name)
     wanted = plan.recipe.output_dtype()
     if wanted is None or not src_dtype.is_floating_point:
         return src_dtype

@@ -11,9 +11,13 @@ A recipe names the models, the method, and its parameters. A parameter value may
 For an SDXL UNet the "layers" are its blocks (see `evomm.adapters.sdxl`), so a list with one
 value per block gives each block its value.
 
-mergekit's `slices:` form is accepted when it is one slice whose sources all cover every
-layer (the usual SLERP recipe); it means the same as `models:`. Stacked layer ranges
-(frankenmerges) are refused with an error.
+mergekit's `slices:` form means what it means in mergekit: each slice merges its sources'
+`layer_range`s (of equal length) into as many output layers, and the output stacks the
+slices in order (a "frankenmerge" can be deeper than any source). The embeddings are merged
+from the first slice's sources, the final norm and head from the last slice's; within a
+slice a gradient runs over its layers (t = i/(n-1), t = 1 for a one-layer slice), and
+parameters are looked up in a source's own `parameters:`, then the slice's, then the
+top-level ones. One slice that covers every layer of every source is the same as `models:`.
 
 Per-model parameters (e.g. `weight`, `density`) are looked up in the model's `parameters:`
 first, then in the top-level `parameters:`; method-wide ones (`normalize`, `lambda`, `t`) only
@@ -90,6 +94,14 @@ class SliceDefinition(BaseModel):
     parameters: dict[str, ParameterSetting] | None = None
 
 
+class Segment:
+    """One slice of a `slices:` recipe: its own recipe (sources, base, parameters) and, per
+    source, the first layer it takes."""
+
+    def __init__(self, recipe: "Recipe", starts: dict[str, int], length: int):
+        self.recipe, self.starts, self.length = recipe, starts, length
+
+
 class EvommSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
     architecture: Literal["auto", "llm", "llava_x_llm", "sdxl_unet"] = "auto"
@@ -121,6 +133,8 @@ class Recipe(BaseModel):
     _resolver: Any = PrivateAttr(default=None)
     #: from a `slices:` recipe: model -> the layer range it named (checked against the model)
     _layer_ranges: dict[str, tuple[int, int]] = PrivateAttr(default_factory=dict)
+    #: from a `slices:` recipe of several slices (or partial ranges): the slices in output order
+    _segments: list[Segment] | None = PrivateAttr(default=None)
 
     @field_validator("base_model", mode="before")
     @classmethod
@@ -156,6 +170,8 @@ class Recipe(BaseModel):
             raise ValueError("models: at least one model is required")
         info = self.method
         _check_names("parameters", self.parameters, info, top_level=True)
+        if self._segments is not None and len(self._segments) > 1:
+            return self  # each slice was validated as a recipe of its own
         for i, entry in enumerate(self.models):
             _check_names(f"models[{i}].parameters", entry.parameters, info, top_level=False)
         refs = self.input_models()
@@ -183,24 +199,54 @@ class Recipe(BaseModel):
         return self
 
     def _fold_slices(self) -> None:
-        """mergekit's `slices:` with one slice over all layers means the same as `models:`."""
+        """`slices:` as segments (one recipe per slice), and `models:` as their union.
+
+        One slice is also folded into `models:` (with its ranges kept): when it covers every
+        layer, the planner treats the recipe exactly like a `models:` recipe."""
         if self.models:
             raise ValueError("slices: give either models: or slices:, not both")
-        if len(self.slices) != 1:
-            raise ValueError("slices: only one slice (covering every layer) is supported; "
-                             "frankenmerges that stack layer ranges are not")
-        (piece,) = self.slices
-        lengths = {b - a for a, b in (s.layer_range for s in piece.sources)}
-        if len(lengths) > 1:
-            raise ValueError("slices[0].sources: every layer_range must have the same length")
-        if piece.base_model is not None:
-            if self.base_model not in (None, piece.base_model):
-                raise ValueError("slices[0].base_model: differs from base_model")
-            self.base_model = piece.base_model
-        # precedence as in mergekit: a source's own parameters, then the slice's, then global
-        self.parameters = {**(self.parameters or {}), **(piece.parameters or {})} or None
-        self.models = [ModelEntry(model=s.model, parameters=s.parameters) for s in piece.sources]
-        self._layer_ranges = {s.model: tuple(s.layer_range) for s in piece.sources}
+        if not self.slices:
+            raise ValueError("slices: at least one slice is required")
+        segments = []
+        for i, piece in enumerate(self.slices):
+            if not piece.sources:
+                raise ValueError(f"slices[{i}].sources: at least one source is required")
+            for a, b in (s.layer_range for s in piece.sources):
+                if not 0 <= a < b:
+                    raise ValueError(f"slices[{i}].sources: layer_range [{a}, {b}] is empty or negative")
+            lengths = {b - a for a, b in (s.layer_range for s in piece.sources)}
+            if len(lengths) > 1:
+                raise ValueError(f"slices[{i}].sources: every layer_range must have the same length")
+            refs = [s.model for s in piece.sources]
+            if len(set(refs)) != len(refs):
+                raise ValueError(f"slices[{i}].sources: a model is named twice in one slice")
+            base = piece.base_model if piece.base_model is not None else self.base_model
+            sub = {"merge_method": self.merge_method, "base_model": base, "dtype": self.dtype,
+                   "evomm": self.evomm.model_dump(),
+                   # precedence as in mergekit: a source's own parameters, then the slice's, then global
+                   "parameters": {**(self.parameters or {}), **(piece.parameters or {})} or None,
+                   "models": [{"model": s.model, "parameters": s.parameters} for s in piece.sources]}
+            try:
+                sub_recipe = Recipe.model_validate(sub)
+            except ValidationError as exc:
+                raise ValueError(f"slices[{i}]: {_first_error(exc)}") from None
+            segments.append(Segment(sub_recipe, {s.model: s.layer_range[0] for s in piece.sources}, lengths.pop()))
+        if len(segments) == 1:
+            (piece,) = self.slices
+            if piece.base_model is not None:
+                if self.base_model not in (None, piece.base_model):
+                    raise ValueError("slices[0].base_model: differs from base_model")
+                self.base_model = piece.base_model
+            self.parameters = segments[0].recipe.parameters
+            self.models = [ModelEntry(model=s.model, parameters=s.parameters) for s in piece.sources]
+            self._layer_ranges = {s.model: tuple(s.layer_range) for s in piece.sources}
+        else:
+            seen: dict[str, ModelEntry] = {}
+            for segment in segments:
+                for ref in segment.recipe.input_models():
+                    seen.setdefault(ref, ModelEntry(model=ref))
+            self.models = list(seen.values())
+        self._segments = segments
         self.slices = None
 
     # -- queries -------------------------------------------------------------------------
@@ -208,6 +254,11 @@ class Recipe(BaseModel):
     @property
     def method(self) -> MethodInfo:
         return method_info(self.merge_method)
+
+    @property
+    def segments(self) -> list[Segment] | None:
+        """The slices of a `slices:` recipe, in output order (None for a `models:` recipe)."""
+        return self._segments
 
     def input_models(self) -> list[str]:
         """Models in merge order: `models:` as listed, then base_model if not among them."""
