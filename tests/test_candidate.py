@@ -247,17 +247,22 @@ def test_linear_pair_equals_methods(normalize):
 
 
 @pytest.mark.parametrize("compile_", [False, True])
-def test_ties_with_tied_magnitudes_equals_methods(compile_):
-    """Deltas of bf16 checkpoints repeat magnitudes: every entry tied with the k-th is kept, in both paths."""
+@pytest.mark.parametrize("tie_break", ["mergekit", "keep_all"])
+def test_ties_with_tied_magnitudes_equals_methods(compile_, tie_break):
+    """Deltas of bf16 checkpoints repeat magnitudes: ties at the k-th are decided alike in both
+    paths, in mergekit's argsort order (exactly k kept) or all kept."""
     models = _models(n=2, seed=12)
     for ref in ("m0", "m1"):
         models[ref] = {k: models["base"][k] + torch.round((v - models["base"][k]) * 8) / 8 for k, v in models[ref].items()}
     target = {k: torch.empty(s) for k, s in SHAPES.items()}
     mat = _materializer("ties", models, target, compile=compile_)
-    p = TensorParams({"m0": {"weight": 0.7, "density": 0.3}, "m1": {"weight": 0.5, "density": 0.55}}, {"normalize": True})
+    p = TensorParams({"m0": {"weight": 0.7, "density": 0.3}, "m1": {"weight": 0.5, "density": 0.55}},
+                     {"normalize": True, "tie_break": tie_break})
     mat.materialize({k: p for k in SHAPES})
     delta = models["m0"]["emb"] - models["base"]["emb"]
-    assert int((M.trim_by_magnitude(delta, 0.3) != 0).sum()) > M.top_k_count(0.3, delta.numel())  # ties kept
+    kept = int((M.trim_by_magnitude(delta, 0.3, tie_break=tie_break) != 0).sum())
+    k = M.top_k_count(0.3, delta.numel())
+    assert kept > k if tie_break == "keep_all" else kept == k
     for k in SHAPES:
         torch.testing.assert_close(target[k], _expected("ties", models, ["m0", "m1"], k, p, 0), atol=ATOL, rtol=0)
 

@@ -154,3 +154,35 @@ def test_bad_slices_are_clear_errors(family, tmp_path):
     cfg["slices"][1]["sources"] = [{"model": family["ft2"], "layer_range": [3, 3]}]
     with pytest.raises(ConfigError, match="empty"):
         Recipe.from_dict(cfg)
+
+
+def test_ties_ties_at_the_threshold_are_decided_as_mergekit(family, tmp_path):
+    # 16-bit checkpoints repeat magnitudes: quantised task vectors put many entries exactly at
+    # the k-th magnitude. By default evomm keeps exactly mergekit's k (its argsort order);
+    # `tie_break: keep_all` keeps all of them and so differs.
+    from safetensors.torch import save_file
+
+    from evomm.merge.execute import run_merge
+
+    base = load_file(f"{family['base']}/model.safetensors")
+    quantised = {}
+    for ref in ("ft1", "ft2"):
+        tuned = load_file(f"{family[ref]}/model.safetensors")
+        out = tmp_path / f"q_{ref}"
+        out.mkdir()
+        save_file({k: base[k] + torch.round((v - base[k]) * 64) / 64 for k, v in tuned.items()},
+                  str(out / "model.safetensors"))
+        (out / "config.json").write_text(open(f"{family[ref]}/config.json").read())
+        quantised[ref] = str(out)
+    cfg = {"merge_method": "ties", "base_model": family["base"], "dtype": "float32",
+           "models": [{"model": quantised["ft1"], "parameters": {"weight": 0.6, "density": 0.3}},
+                      {"model": quantised["ft2"], "parameters": {"weight": 0.8, "density": 0.45}}]}
+    expected = _mergekit(cfg, tmp_path / "mergekit")
+    run_merge(Recipe.from_dict(cfg), tmp_path / "evomm", progress=False)
+    got = load_file(tmp_path / "evomm" / "model.safetensors")
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=0, msg=name)
+    cfg["parameters"] = {"tie_break": "keep_all"}
+    run_merge(Recipe.from_dict(cfg), tmp_path / "keep_all", progress=False)
+    other = load_file(tmp_path / "keep_all" / "model.safetensors")
+    assert max((other[n] - expected[n]).abs().max().item() for n in expected) > 1e-3

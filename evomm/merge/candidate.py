@@ -99,6 +99,7 @@ class _Merged:
     base: Tensor | None = None  # (N,)
     inputs: list[Tensor] = field(default_factory=list)  # per merged model: source (linear) or task vector
     sorted_abs: list[Tensor] = field(default_factory=list)  # per merged model: ascending |task vector| (TIES)
+    ranks: list[Tensor] = field(default_factory=list)  # per merged model: mergekit's keep order (TIES)
     slerp_stats: tuple[float, float, float] | None = None  # |a|, |b|, cos(a, b)
     bits_seed: int | None = None
     bits: list[Tensor] | None = None  # per merged model: DARE random values (int16) for `bits_seed`
@@ -220,6 +221,7 @@ class CandidateMaterializer:
             slot.base = keep(base)
             if kind == "ties":
                 slot.sorted_abs = [_sorted_magnitudes(d) for d in slot.inputs]
+                slot.ranks = [M.magnitude_ranks(d) for d in slot.inputs]
         return slot
 
     @property
@@ -288,7 +290,7 @@ class CandidateMaterializer:
         done = False
         if kernel is not None:
             try:
-                kernel(dest, *tensors, *(_as_tensor(v, dest.device) for v in values.values()))
+                kernel(dest, *tensors, *(_as_tensor(v, dest.device, integer=(k == "kept")) for k, v in values.items()))
                 done = True
             except Exception as exc:  # noqa: BLE001 - compile errors surface at the first call
                 self._give_up_compiling(exc)
@@ -318,9 +320,11 @@ class CandidateMaterializer:
             self._call("sum", slot.target, (slot.base, slot.inputs), values)
             return
         if method == "ties":
-            thresholds = [self._threshold(slot, i, rho) for i, rho in enumerate(kw["densities"])]
-            values = {"thresholds": thresholds, "weights": weights, "lam": lam, "normalize": bool(kw["normalize"])}
-            self._call("ties", slot.target, (slot.base, slot.inputs), values)
+            if kw["tie_break"] not in M.TIE_BREAKS:
+                raise ConfigError(f"tie_break: one of {M.TIE_BREAKS}, got {kw['tie_break']!r}")
+            kept = [self._kept(slot, i, rho, kw["tie_break"]) for i, rho in enumerate(kw["densities"])]
+            values = {"kept": kept, "weights": weights, "lam": lam, "normalize": bool(kw["normalize"])}
+            self._call("ties", slot.target, (slot.base, slot.inputs, slot.ranks), values)
             return
         # DARE: keep where the model's 16-bit random value < its threshold; density >= 1 keeps all, unscaled
         densities = [float(d) for d in kw["densities"]]
@@ -336,6 +340,19 @@ class CandidateMaterializer:
         }
         bits = self._dare_bits(slot, M.tensor_seed(seed, slot.name), len(self.merged))
         self._call("dare", slot.target, (slot.base, slot.inputs, bits), values)
+
+    def _kept(self, slot: _Merged, model: int, density: float, tie_break: str) -> int:
+        """How many entries of `model`'s task vector TIES keeps (those of rank below it)."""
+        if density >= 1 or slot.numel == 0:
+            return slot.numel
+        if density <= 0:
+            return 0
+        if tie_break == "mergekit":
+            return M.top_k_count(density, slot.numel)
+        # keep_all: every entry at least as large as the k-th (ranks run through ties in order)
+        sorted_abs = slot.sorted_abs[model]
+        threshold = sorted_abs[slot.numel - M.top_k_count(density, slot.numel)]
+        return slot.numel - int(torch.searchsorted(sorted_abs, threshold.reshape(1), right=False))
 
     def _threshold(self, slot: _Merged, model: int, density: float) -> float:
         """The k-th largest |task vector| of `model` (keep |x| >= it), from the sorted magnitudes."""
@@ -404,11 +421,14 @@ def _fetch(models: Mapping[str, Mapping[str, Tensor]], ref: str, name: str, shap
     return tensor
 
 
-def _as_tensor(value: Any, device: torch.device) -> Any:
-    """Scalars and per-model lists as float32 tensors for the compiled kernels; flags stay bools."""
+def _as_tensor(value: Any, device: torch.device, integer: bool = False) -> Any:
+    """Scalars and per-model lists as float32 tensors for the compiled kernels (int64 for
+    counts compared with integer ranks); flags stay bools."""
     if isinstance(value, bool):
         return value
     if isinstance(value, (list, tuple)):
+        if integer:
+            return torch.tensor([int(v) for v in value], dtype=torch.int64, device=device)
         return torch.tensor([float(v) for v in value], dtype=torch.float32, device=device)
     return torch.tensor(float(value), dtype=torch.float32, device=device)
 

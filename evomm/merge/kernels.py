@@ -63,9 +63,11 @@ def _fused_elect(out: Tensor, base: Tensor, xs: list[Tensor], weights: Tensor, l
 
 
 def _fused_ties(
-    out: Tensor, base: Tensor, deltas: list[Tensor], thresholds: Tensor, weights: Tensor, lam: Tensor, normalize: bool
+    out: Tensor, base: Tensor, deltas: list[Tensor], ranks: list[Tensor], kept: Tensor, weights: Tensor, lam: Tensor,
+    normalize: bool,
 ) -> None:
-    xs = [torch.where(d.float().abs() >= thresholds[i], d.float(), 0.0) * weights[i] for i, d in enumerate(deltas)]
+    """TIES keeps each model's entries ranked below its `kept` count (mergekit's order)."""
+    xs = [torch.where(ranks[i] < kept[i], d.float(), 0.0) * weights[i] for i, d in enumerate(deltas)]
     _fused_elect(out, base, xs, weights, lam, normalize)
 
 
@@ -228,22 +230,24 @@ def _eager_elect(out: Tensor, base: Tensor, xs: list[Tensor], weights: Sequence[
     torch.add(base, mixed, alpha=lam, out=out)
 
 
-def eager_ties(out: Tensor, base: Tensor, deltas: list[Tensor], thresholds: Sequence[float], weights: Sequence[float],
-               lam: float, normalize: bool, *, chunk: int, scratch: Scratch) -> None:
-    live = [i for i, t in enumerate(thresholds) if t != math.inf]  # density 0 drops a model entirely
+def eager_ties(out: Tensor, base: Tensor, deltas: list[Tensor], ranks: list[Tensor], kept: Sequence[int],
+               weights: Sequence[float], lam: float, normalize: bool, *, chunk: int, scratch: Scratch) -> None:
+    numel = out.numel()
+    live = [i for i, k in enumerate(kept) if k > 0]  # density 0 drops a model entirely
     if not live:
         out.copy_(base)
         return
-    shrink = {i: (None if thresholds[i] <= 0 else _below(thresholds[i])) for i in live}
-    for s, e in _chunks(out.numel(), chunk):
+    for s, e in _chunks(numel, chunk):
         xs = []
         for j, i in enumerate(live):
             x = scratch.get(f"x{j}", e - s, out.device)
             delta = _f32(deltas[i], s, e, scratch, "in")
-            if shrink[i] is None:
+            if kept[i] >= numel:
                 torch.mul(delta, weights[i], out=x)
-            else:
-                torch.hardshrink(delta, shrink[i], out=x).mul_(weights[i])
+            else:  # integer ranks compared as integers (float32 is exact only below 2**24)
+                keep = scratch.get("keep", e - s, out.device, torch.bool)
+                torch.lt(ranks[i][s:e], kept[i], out=keep)
+                torch.mul(delta, keep, out=x).mul_(weights[i])
             xs.append(x)
         _eager_elect(out[s:e], _f32(base, s, e, scratch, "base"), xs, [weights[i] for i in live], lam, normalize,
                      scratch)

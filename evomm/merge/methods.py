@@ -11,8 +11,10 @@ mean the same here (see tests/test_merge_methods.py, which compares against merg
   int(density * numel)); density >= 1 keeps everything), weights it, elects a sign per entry
   by summed (weighted) mass (ties go to +), and keeps only the entries of the elected sign.
   Normalised TIES divides by the summed weights of the entries kept at each position.
-  Entries whose magnitude equals the k-th largest are all kept (mergekit breaks such ties
-  arbitrarily through a sort; with distinct magnitudes the two agree exactly);
+  Exactly k entries are kept, chosen in the order of a descending `torch.argsort` of the
+  magnitudes, as mergekit chooses them (`tie_break: mergekit`, the default), so entries tied
+  at the k-th magnitude (common in 16-bit checkpoints) are kept or dropped as mergekit does.
+  `tie_break: keep_all` keeps every entry tied with the k-th instead;
 - DARE drops each task-vector entry with probability 1 - density and rescales the kept ones
   by 1/density (the DARE paper's rescale). mergekit 0.1.5 instead rescales each dropped task
   vector to its former L1 norm, which differs from 1/density by O(1/sqrt(numel)).
@@ -84,15 +86,34 @@ def magnitude_threshold(delta: Tensor, density: float) -> float | None:
     return float(torch.kthvalue(delta.abs().reshape(-1), numel - k + 1).values)
 
 
-def trim_by_magnitude(delta: Tensor, density: float, inplace: bool = False) -> Tensor:
-    """TIES's trim step: keep entries with |delta| >= the k-th largest magnitude.
+TIE_BREAKS = ("mergekit", "keep_all")
 
+
+def magnitude_ranks(delta: Tensor) -> Tensor:
+    """Each entry's place in mergekit's keep order: a descending `torch.argsort` of |delta|
+    (float32, on the CPU, as mergekit sorts). TIES keeps the entries of rank < k."""
+    order = torch.argsort(delta.detach().abs().reshape(-1).float().cpu(), descending=True)
+    ranks = torch.empty_like(order)
+    ranks[order] = torch.arange(order.numel())
+    dtype = torch.int32 if order.numel() < 2**31 else torch.int64
+    return ranks.to(dtype).reshape(delta.shape).to(delta.device)
+
+
+def trim_by_magnitude(delta: Tensor, density: float, inplace: bool = False, tie_break: str = "mergekit") -> Tensor:
+    """TIES's trim step: keep the top-`density` share of entries by magnitude.
+
+    `tie_break` decides entries tied with the k-th largest magnitude (see the module doc).
     `inplace` zeroes the dropped entries of `delta` itself (for temporaries: saves a copy).
     """
+    if tie_break not in TIE_BREAKS:
+        raise ConfigError(f"tie_break: one of {TIE_BREAKS}, got {tie_break!r}")
     threshold = magnitude_threshold(delta, density)
     if threshold is None:
         return delta
-    return (delta if inplace else delta.clone()).masked_fill_(delta.abs() < threshold, 0.0)
+    out = delta if inplace else delta.clone()
+    if tie_break == "keep_all" or threshold == math.inf:
+        return out.masked_fill_(delta.abs() < threshold, 0.0)
+    return out.masked_fill_(magnitude_ranks(delta) >= top_k_count(density, delta.numel()), 0.0)
 
 
 def tensor_seed(seed: int, tensor_name: str) -> int:
@@ -225,12 +246,14 @@ def ties(
     densities: Sequence[float],
     normalize: bool = True,
     lambda_: float = 1.0,
+    tie_break: str = "mergekit",
 ) -> Tensor:
     """TIES: trim each task vector to its top-`density` magnitudes, elect signs, merge agreeing."""
     _check_lengths(len(tensors), weight=weights, density=densities)
     if not tensors:
         return base.float().clone()
-    deltas = [trim_by_magnitude(d, rho, inplace=True) for d, rho in zip(_task_vectors(base, tensors), densities)]
+    deltas = [trim_by_magnitude(d, rho, inplace=True, tie_break=tie_break)
+              for d, rho in zip(_task_vectors(base, tensors), densities)]
     return _sign_consensus_merge(base, deltas, weights, normalize, lambda_)
 
 
@@ -423,7 +446,8 @@ METHODS: dict[str, MethodSpec] = {
                    global_params={"normalize": False, "lambda": 1.0},
                    compat_params={**_GTA_COMPAT, "density": ANY_VALUE, "rescale": ANY_VALUE}),
         MethodSpec("ties", ties, needs_base=True, per_model_params=("weight", "density"),
-                   per_model_defaults={"density": 1.0}, global_params={"normalize": True, "lambda": 1.0},
+                   per_model_defaults={"density": 1.0},
+                   global_params={"normalize": True, "lambda": 1.0, "tie_break": "mergekit"},
                    compat_params={**_GTA_COMPAT, "rescale": False}),
         MethodSpec("dare_ties", dare_ties, needs_base=True, per_model_params=("weight", "density"),
                    per_model_defaults={"density": 1.0},

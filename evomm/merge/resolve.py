@@ -61,6 +61,10 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
             return bool(value)
         if kind is int:
             return int(value)
+        if kind is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
         return float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"parameters.{name}: {value!r} is not a valid {kind.__name__}") from None
