@@ -295,3 +295,48 @@ def test_bfloat16_storage_equals_methods_on_rounded_inputs(method):
     assert state(narrow) * 2 == state(wide) if method not in ("dare_ties", "dare_linear") else state(narrow) < state(wide)
     if method.startswith("dare"):
         assert all(b.dtype == torch.int16 for s in narrow._slots.values() for b in s.bits)
+
+
+def _method_params(name, merged, seed):
+    """Per-model values inside each evolvable parameter's valid range, different per model."""
+    from evomm.merge.methods import EVOLVABLE
+
+    gen = torch.Generator().manual_seed(seed)
+    per_model = {ref: {} for ref in merged}
+    global_ = {}
+    for param, (lo, hi) in EVOLVABLE.get(name, {}).items():
+        for ref in merged:
+            value = lo + (hi - lo) * (0.2 + 0.6 * float(torch.rand((), generator=gen)))
+            if param == "t":
+                global_["t"] = value
+            else:
+                per_model[ref][param] = value
+    spec = M.METHODS[name]
+    if "t" in spec.global_params and "t" not in global_:
+        global_["t"] = 0.4
+    return TensorParams(per_model, global_)
+
+
+@pytest.mark.parametrize("method", sorted(set(M.METHODS) - {"linear", "task_arithmetic", "ties", "dare_ties",
+                                                             "dare_linear", "slerp"}))
+def test_every_other_method_runs_its_own_function_in_memory(method):
+    # one formula, one place: the search's candidates are what `evomm merge`'s function gives,
+    # tensor by tensor, with its real shape (row-wise methods) and its seed (randomised ones)
+    spec = M.METHODS[method]
+    n = 1 if spec.max_models == 1 else 2
+    models = _models(n=n, seed=21)
+    base = "base" if spec.takes_base("base") else None
+    sources = models if base else {k: v for k, v in models.items() if k != "base"}
+    routes = {k: Route({ref: k for ref in sources}) for k in SHAPES}
+    target = {k: torch.full(s, float("nan")) for k, s in SHAPES.items()}
+    mat = CandidateMaterializer(target, sources, routes, method, base=base, compile=False,
+                                storage_dtype=torch.float32)
+    for seed in (3, 4):
+        params = {name: _method_params(method, mat.merged, seed) for name in SHAPES}
+        mat.materialize(params, seed=seed)
+        for name in SHAPES:
+            p = params[name]
+            per_model = {k: [p.per_model[r][k] for r in mat.merged] for k in (p.per_model[mat.merged[0]] or {})}
+            expected = spec(models["base"][name] if base else None, [models[r][name] for r in mat.merged],
+                            per_model, p.global_, seed=M.tensor_seed(seed, name) if spec.uses_seed else None)
+            torch.testing.assert_close(target[name], expected, atol=ATOL, rtol=0, msg=f"{method} {name}")

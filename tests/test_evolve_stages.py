@@ -79,7 +79,7 @@ def test_ps_then_dfs_over_the_ps_result(zoo, tmp_path):
 @pytest.mark.parametrize("mutate, message", [
     (lambda c: c["stages"][1]["space"].update(models=["stage:nope", "a"]), "'stage:nope' names no earlier stage"),
     (lambda c: c["stages"][0]["space"].update(models=["a", "zzz"]), "model 'zzz' is not one of sources"),
-    (lambda c: c["stages"][0]["space"].update(method="average"), "stages.0.space.method: Input should be"),
+    (lambda c: c["stages"][0]["space"].update(method="average"), "unknown merge method 'average'"),
     (lambda c: c["optimizer"].pop("generations"), "set generations or max_evaluations"),
     (lambda c: c["optimizer"].update(popsize=1), "popsize"),
     (lambda c: c.update(backend={"type": "spark"}), "backend.type"),

@@ -12,20 +12,36 @@ from evomm.search.ps_space import METHOD_PARAMETERS, PSSpace
 from evomm.search.space import SearchSpace
 
 
-@pytest.mark.parametrize("method", sorted(METHOD_PARAMETERS))
+EVOLVED = sorted(m for m, params in METHOD_PARAMETERS.items() if params)
+
+
+@pytest.mark.parametrize("method", EVOLVED)
 def test_every_method_decodes_to_a_valid_recipe(method):
-    models = ["base", "b"] if method == "slerp" else ["a", "b"]
-    base = None if method == "linear" else "base"
+    from evomm.merge.methods import EVOLVABLE, method_spec
+
+    spec = method_spec(method)
+    merged = ["b"] if spec.max_models == 1 else ["a", "b"]
+    models = ["base", "b"] if method == "slerp" else merged
+    base = "base" if spec.needs_base else None
     space = PSSpace(method, models, num_layers=6, base_model=base, layers_per_group=2, filters=["self_attn"])
     assert isinstance(space, SearchSpace)
-    per_model = 1 if method == "slerp" else 2
-    assert space.dim == len(METHOD_PARAMETERS[method]) * per_model * 2 * 3  # params x models x filters x groups
+    per_model = {p: (1 if p == "t" else len(merged)) for p in METHOD_PARAMETERS[method]}
+    assert space.dim == sum(per_model.values()) * 2 * 3  # params x models x filters x groups
+    for param, (lo, hi) in EVOLVABLE[method].items():  # the registry's valid range bounds the genome
+        rows = [j for j, label in enumerate(space.labels()) if label.startswith(param)]
+        assert all(space.lower[j] >= lo and space.upper[j] <= hi for j in rows if param != "weight")
     assert len(space.labels()) == space.dim
     rng = np.random.default_rng(0)
     recipe = Recipe.from_dict(space.decode(rng.uniform(space.lower, space.upper)))
     assert recipe.merge_method == method
     if method.startswith("dare"):
         assert recipe.evomm.seed == space.seed
+
+
+@pytest.mark.parametrize("method", sorted(m for m, params in METHOD_PARAMETERS.items() if not params))
+def test_methods_without_parameters_cannot_be_evolved(method):
+    with pytest.raises(ConfigError, match="no per-model or per-layer parameter to evolve"):
+        PSSpace(method, ["a", "b"], num_layers=4, base_model="base")
 
 
 def test_group_values_reach_every_layer_of_their_group_exactly():

@@ -17,7 +17,10 @@ candidate would dominate its time, so `CandidateMaterializer`:
   no model re-instantiation, no disk writes. Tensors that are not merged, and the rows of a
   vocabulary-sized tensor beyond those shared by all sources, are copied once at setup;
 - runs each method as one fused pass per tensor (`torch.compile`, when it works on this
-  machine), else as the same arithmetic in eager mode over cache-sized chunks.
+  machine), else as the same arithmetic in eager mode over cache-sized chunks. These fast
+  forms exist for the six methods a benchmark showed them to pay for (linear, task
+  arithmetic, TIES, DARE, SLERP); every other registered method keeps its sources and calls
+  the very function `evomm merge` calls, tensor by tensor.
 
 Results equal `evomm.merge.methods` on the same parameters (tests/test_candidate.py), with
 one convention to share with `evomm merge`: DARE masks of tensor `name` use the seed
@@ -47,6 +50,8 @@ log = logging.getLogger(__name__)
 
 #: Elements per chunk in eager mode: the scratch tensors of a chunk stay in cache.
 DEFAULT_CHUNK = 1 << 16
+#: Methods with a fused / chunked form here (see the module docstring); others run as written.
+FAST_METHODS = frozenset({"linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp"})
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,7 @@ class _Merged:
     name: str
     target: Tensor  # the region written per candidate (leading rows of the target), flat
     numel: int
+    shape: tuple[int, ...] = ()  # the region's shape (methods that work along rows need it)
     base: Tensor | None = None  # (N,)
     inputs: list[Tensor] = field(default_factory=list)  # per merged model: source (linear) or task vector
     sorted_abs: list[Tensor] = field(default_factory=list)  # per merged model: ascending |task vector| (TIES)
@@ -144,7 +150,7 @@ class CandidateMaterializer:
             raise ConfigError(f"base model {base!r} is not one of the sources ({', '.join(models)})")
         self.base = base
         if merged is None:
-            merged = [ref for ref in models if not (self.spec.needs_base and ref == base)]
+            merged = [ref for ref in models if not (self.spec.takes_base(base) and ref == base)]
         self.merged = list(merged)
         missing = [ref for ref in self.merged if ref not in models]
         if missing:
@@ -207,9 +213,13 @@ class CandidateMaterializer:
         flat = region.reshape(-1) if region.is_contiguous() else None
         if flat is None or flat.data_ptr() != region.data_ptr():
             raise ConfigError(f"{name}: target tensors must be contiguous")
-        slot = _Merged(name, flat, flat.numel())
-        kind = self.method
-        if kind == "linear":
+        slot = _Merged(name, flat, flat.numel(), shape)
+        kind = self.method if self.method in FAST_METHODS else "generic"
+        if kind == "generic":
+            if self.spec.takes_base(self.base):
+                slot.base = keep(load(self.base).clone())
+            slot.inputs = [keep(load(ref).clone()) for ref in self.merged]
+        elif kind == "linear":
             slot.inputs = [keep(load(ref).clone()) for ref in self.merged]
         elif kind == "slerp":
             a, b = load(self.base), load(self.merged[0])
@@ -301,6 +311,12 @@ class CandidateMaterializer:
 
     def _write(self, slot: _Merged, kw: dict[str, Any], seed: int) -> None:
         method = self.method
+        if method not in FAST_METHODS:  # the method's own function, as `evomm merge` runs it
+            tensors = [t.float().reshape(slot.shape) for t in slot.inputs]
+            base = slot.base.float().reshape(slot.shape) if slot.base is not None else None
+            result = self.spec.run(base, tensors, kw, M.tensor_seed(seed, slot.name) if self.spec.uses_seed else None)
+            slot.target.copy_(result.reshape(-1))
+            return
         if method == "slerp":
             c_a, c_b = M.slerp_coefficients_from_stats(*slot.slerp_stats, float(kw["t"]))
             self._call("slerp", slot.target, (slot.base, slot.inputs[0]), {"c_a": c_a, "c_b": c_b})

@@ -29,6 +29,10 @@ class MethodInfo:
     ignored_model_params: tuple[str, ...] = ()  # mergekit names accepted per model, no effect
     min_models: int = 1  # merged models besides the base
     max_models: int | None = None
+    base_optional: bool = False  # a base_model, when given, is the base (not merged)
+
+    def takes_base(self, base_model: str | None) -> bool:
+        return self.needs_base or (self.base_optional and base_model is not None)
 
     @property
     def exact_inputs(self) -> int | None:
@@ -46,7 +50,7 @@ class MethodInfo:
         """
         from evomm.merge.methods import tensor_seed
 
-        if self.needs_base:
+        if self.takes_base(base_ref):
             base = tensors[base_ref]
             refs = [r for r in tensors if r != base_ref]
         else:
@@ -89,4 +93,5 @@ def method_info(name: str) -> MethodInfo:
             defaults.setdefault(p, allowed)
     return MethodInfo(name=name, spec=spec, needs_base=spec.needs_base, model_params=model_params,
                       global_params=global_params, defaults=defaults, ignored_model_params=ignored,
-                      min_models=spec.min_models, max_models=spec.max_models)
+                      min_models=spec.min_models, max_models=spec.max_models,
+                      base_optional=getattr(spec, "base_optional", False))

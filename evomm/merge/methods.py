@@ -357,6 +357,12 @@ class MethodSpec:
     uses_seed: bool = False
     min_models: int = 1
     max_models: int | None = None
+    #: the base model is optional: when a recipe names one it is passed as the base, not merged
+    base_optional: bool = False
+
+    def takes_base(self, base_model: str | None) -> bool:
+        """Whether a recipe with this `base_model` hands the method a base (apart from the merged)."""
+        return self.needs_base or (self.base_optional and base_model is not None)
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -418,7 +424,13 @@ class MethodSpec:
         seed: int | None = None,
     ) -> Tensor:
         """Run the method on one tensor with parameters named as in a recipe."""
-        kwargs = self.bind(per_model, global_ or {}, len(tensors))
+        return self.run(base, tensors, self.bind(per_model, global_ or {}, len(tensors)), seed)
+
+    def run(self, base: Tensor | None, tensors: Sequence[Tensor], kwargs: Mapping[str, Any],
+            seed: int | None = None) -> Tensor:
+        """Call the method with arguments already bound by `bind` (the in-memory search binds
+        once per candidate and calls this per tensor: the same function `evomm merge` runs)."""
+        kwargs = dict(kwargs)
         if self.uses_seed:
             if seed is None:
                 raise ConfigError(f"{self.name}: needs a seed")
@@ -432,7 +444,8 @@ class MethodSpec:
         return self.fn(tensors, **kwargs)
 
 
-_PER_MODEL_ARG = {"weight": "weights", "density": "densities"}
+_PER_MODEL_ARG = {"weight": "weights", "density": "densities", "gamma": "gammas", "epsilon": "epsilons",
+                  "scale": "scales"}
 _GLOBAL_ARG = {"lambda": "lambda_"}
 
 _GTA_COMPAT = {"int8_mask": ANY_VALUE}
@@ -471,6 +484,19 @@ def method_spec(name: str) -> MethodSpec:
         raise ConfigError(f"unknown merge method {name!r} (known: {', '.join(METHODS)})") from None
 
 
+#: method -> {parameter the PS genome may evolve: (lower, upper) bounds that keep it valid}.
+#: `t` is method-wide, the others per merged model. `weight` and `density` bounds are the
+#: defaults a search space narrows (its weight_bounds, density_min).
+EVOLVABLE: dict[str, dict[str, tuple[float, float]]] = {
+    "linear": {"weight": (0.0, 1.0)},
+    "task_arithmetic": {"weight": (0.0, 1.0)},
+    "ties": {"weight": (0.0, 1.0), "density": (0.01, 1.0)},
+    "dare_ties": {"weight": (0.0, 1.0), "density": (0.01, 1.0)},
+    "dare_linear": {"weight": (0.0, 1.0), "density": (0.01, 1.0)},
+    "slerp": {"t": (0.0, 1.0)},
+}
+
+
 def _register_more_methods() -> None:
     """Add the methods written in their own modules (they import this one's helpers)."""
     from evomm.merge import methods_geometric, methods_sparse
@@ -480,6 +506,7 @@ def _register_more_methods() -> None:
             if spec.name in METHODS:
                 raise RuntimeError(f"merge method {spec.name!r} registered twice")
             METHODS[spec.name] = spec
+        EVOLVABLE.update(module.EVOLVABLE)
 
 
 _register_more_methods()

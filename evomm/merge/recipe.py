@@ -179,17 +179,18 @@ class Recipe(BaseModel):
             raise ValueError("models: the same model is listed twice")
         if info.needs_base and self.base_model is None:
             raise ValueError(f"base_model: required by merge_method {self.merge_method}")
-        merged = len(refs) - int(info.needs_base)
+        has_base = info.takes_base(self.base_model)
+        merged = len(refs) - int(has_base)
         if merged < info.min_models or (info.max_models is not None and merged > info.max_models):
             want = (f"exactly {info.min_models}" if info.max_models == info.min_models
                     else f"at least {info.min_models}")
-            besides = " besides base_model" if info.needs_base else ""
+            besides = " besides base_model" if has_base else ""
             raise ValueError(f"models: {self.merge_method} merges {want} model(s){besides}, got {merged}")
         for name in info.model_params:
             if name in info.defaults:
                 continue
             for i, ref in enumerate(refs):
-                if info.needs_base and ref == self.base_model:
+                if has_base and ref == self.base_model:
                     continue
                 own = (self.model_entry(ref).parameters or {}) if self.model_entry(ref) else {}
                 if name not in own and name not in (self.parameters or {}):

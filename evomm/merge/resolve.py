@@ -81,7 +81,7 @@ class ParameterResolver:
         self.global_settings = {p: top[p] for p in info.global_params if p in top}
         self.model_settings: dict[str, list[tuple[str, list[Any]]]] = {}
         for ref in self.refs:
-            if info.needs_base and ref == recipe.base_model:
+            if info.takes_base(recipe.base_model) and ref == recipe.base_model:
                 names = [p for p in info.model_params if p in info.base_params]
             else:
                 names = list(info.model_params)

@@ -48,7 +48,7 @@ class PSCandidates:
             self.materializer = CandidateMaterializer(
                 target, sources, routes, template.merge_method, base=template.base_model,
                 merged=[ref for ref in template.input_models()
-                        if not (template.method.needs_base and ref == template.base_model)],
+                        if not (template.method.takes_base(template.base_model) and ref == template.base_model)],
                 compile=compile, storage_dtype=storage_dtype,
             )
         finally:

@@ -76,7 +76,7 @@ class BackendConfig(_Strict):
 
 class PSSpaceConfig(_Strict):
     type: Literal["ps"] = "ps"
-    method: Literal["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp"]
+    method: str  # any merge method evomm registers (evomm.merge.methods.METHODS)
     models: list[str] = Field(min_length=1)
     base_model: str | None = None
     num_layers: int | None = Field(None, ge=1, description="default: read from the first model's config")
@@ -93,8 +93,10 @@ class PSSpaceConfig(_Strict):
 
     @model_validator(mode="after")
     def _method_inputs(self) -> "PSSpaceConfig":
-        from evomm.search.ps_space import NEEDS_BASE
+        from evomm.search.ps_space import METHOD_PARAMETERS, NEEDS_BASE
 
+        if self.method not in METHOD_PARAMETERS:
+            raise ValueError(f"method: unknown merge method {self.method!r} (known: {', '.join(sorted(METHOD_PARAMETERS))})")
         if self.method in NEEDS_BASE and not self.base_model:
             raise ValueError(f"method {self.method} needs a base_model")
         if self.method == "slerp" and len([m for m in self.models if m != self.base_model]) != 1:

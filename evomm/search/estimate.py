@@ -195,7 +195,8 @@ def _estimate_ps(stage: Any, space: Any, size: int, bandwidth: float, options: d
         for model in models.values():
             model.source.close()
     method = recipe.merge_method
-    n = len([r for r in recipe.input_models() if not (M.method_spec(method).needs_base and r == recipe.base_model)])
+    n = len([r for r in recipe.input_models() if not (M.method_spec(method).takes_base(recipe.base_model)
+                                                      and r == recipe.base_model)])
     elements = sum((t.rows if t.rows is not None else t.shape[0]) * _numel(t.shape[1:]) if t.shape else 1
                    for t in merged)
     est = StageEstimate(stage.name, "ps", space.dim, len(merged), elements)

@@ -4,8 +4,10 @@ A PS candidate is an ordinary mergekit-style recipe whose method parameters vary
 The genome holds one real per (method parameter, model, tensor filter, layer group):
 
   weight   per model, box [weight_bounds] (default [0, 1]; task arithmetic often wants > 1)
-  density  per model (ties, dare_ties, dare_linear), box [density_min, 1], so never 0
+  density  per model (ties, dare_ties, dare_linear, ...), box [density_min, 1], so never 0
   t        once (slerp), box [0, 1]
+  others   every registered method's evolvable parameters, in the bounds the registry gives
+           (`evomm.merge.methods.EVOLVABLE`: e.g. della's epsilon, breadcrumbs' gamma)
 
 No squashing transform is needed: CMA-ES samples inside the box (its boundary handling maps
 out-of-box samples back in) and `decode` clips as a guard against round-off. Layer groups are
@@ -31,18 +33,19 @@ from typing import Any
 import numpy as np
 
 from evomm.errors import ConfigError
+from evomm.merge.methods import EVOLVABLE, METHODS, method_spec
 
-# the method parameters evolved per method (slerp's t is recipe-level, not per model)
-METHOD_PARAMETERS: dict[str, tuple[str, ...]] = {
-    "linear": ("weight",),
-    "task_arithmetic": ("weight",),
-    "ties": ("weight", "density"),
-    "dare_ties": ("weight", "density"),
-    "dare_linear": ("weight", "density"),
-    "slerp": ("t",),
-}
-NEEDS_BASE = {"task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp"}
-RANDOMISED = {"dare_ties", "dare_linear"}
+#: method -> the parameters its PS genome evolves (every registered merge method)
+METHOD_PARAMETERS: dict[str, tuple[str, ...]] = {m: tuple(bounds) for m, bounds in EVOLVABLE.items()}
+NEEDS_BASE = frozenset(m for m, spec in METHODS.items() if spec.needs_base)
+#: method-wide evolvable parameters (one value per layer group, not per model)
+GLOBAL_PARAMETERS = frozenset({"t"})
+
+
+def _spec(method: str):
+    return method_spec(method)
+
+
 REST = "*"
 
 
@@ -73,9 +76,11 @@ class PSSpace:
     def __post_init__(self) -> None:
         if self.method not in METHOD_PARAMETERS:
             raise ConfigError(f"space.method: unknown method {self.method!r} (known: {sorted(METHOD_PARAMETERS)})")
+        if not METHOD_PARAMETERS[self.method]:
+            raise ConfigError(f"space.method: {self.method} has no per-model or per-layer parameter to evolve")
         if not self.models:
             raise ConfigError("space.models: name at least one model to merge")
-        if self.method in NEEDS_BASE and not self.base_model:
+        if _spec(self.method).needs_base and not self.base_model:
             raise ConfigError(f"space.base_model: method {self.method} needs a base model")
         if self.method == "slerp" and len([m for m in self.models if m != self.base_model]) != 1:
             raise ConfigError("space.models: slerp merges exactly one model into the base model")
@@ -102,7 +107,7 @@ class PSSpace:
     @property
     def merged_models(self) -> list[str]:
         """Models that get per-model parameters (slerp: the one that is not the base)."""
-        if self.method == "slerp":
+        if self.method == "slerp" or _spec(self.method).takes_base(self.base_model):
             return [m for m in self.models if m != self.base_model]
         return list(self.models)
 
@@ -111,7 +116,7 @@ class PSSpace:
         coords = []
         filters = list(self.filters) + [REST]
         for param in METHOD_PARAMETERS[self.method]:
-            owners: list[str | None] = [None] if param == "t" else list(self.merged_models)
+            owners: list[str | None] = [None] if param in GLOBAL_PARAMETERS else list(self.merged_models)
             for model in owners:
                 for extra in self.extra_filters:
                     coords.append((param, model, extra, None))
@@ -123,16 +128,18 @@ class PSSpace:
     def _bounds(self, param: str) -> tuple[float, float]:
         if param == "weight":
             return float(self.weight_bounds[0]), float(self.weight_bounds[1])
+        lo, hi = (float(v) for v in EVOLVABLE[self.method][param])
         if param == "density":
-            return float(self.density_min), 1.0
-        return 0.0, 1.0
+            return max(lo, float(self.density_min)), hi
+        return lo, hi
 
     def _default_initial(self, param: str) -> float:
         if param in self.initial_values:
             return float(self.initial_values[param])
         if param == "weight":
             return 1.0 / len(self.merged_models) if self.method == "linear" else 0.5
-        return 0.5
+        lo, hi = self._bounds(param)
+        return 0.5 if lo <= 0.5 <= hi else (lo + hi) / 2
 
     # -- SearchSpace protocol --------------------------------------------------------------------
 
@@ -197,12 +204,15 @@ class PSSpace:
         top = dict(self.fixed_parameters)
         if ("t", None) in settings:
             top["t"] = _simplify(settings[("t", None)])
+        for (param, model), entries in settings.items():  # other method-wide evolved parameters
+            if model is None and param != "t":
+                top[param] = _simplify(entries)
         if top:
             recipe["parameters"] = top
         if self.dtype:
             recipe["dtype"] = self.dtype
         section = dict(self.evomm_options)
-        if self.method in RANDOMISED:
+        if _spec(self.method).uses_seed:
             section["seed"] = int(self.seed)  # DARE's drop masks: fixed, so any candidate can be rebuilt
         if section:
             recipe["evomm"] = section
