@@ -340,3 +340,16 @@ def test_every_other_method_runs_its_own_function_in_memory(method):
             expected = spec(models["base"][name] if base else None, [models[r][name] for r in mat.merged],
                             per_model, p.global_, seed=M.tensor_seed(seed, name) if spec.uses_seed else None)
             torch.testing.assert_close(target[name], expected, atol=ATOL, rtol=0, msg=f"{method} {name}")
+
+
+def test_ties_with_rescale_in_memory_equals_methods():
+    models = _models(n=2, seed=31)
+    target = {k: torch.empty(s) for k, s in SHAPES.items()}
+    mat = _materializer("ties", models, target, compile=False)
+    p = TensorParams({"m0": {"weight": 0.7, "density": 0.3}, "m1": {"weight": 0.5, "density": 0.6}},
+                     {"normalize": True, "rescale": True})
+    mat.materialize({k: p for k in SHAPES})
+    for k in SHAPES:
+        torch.testing.assert_close(target[k], _expected("ties", models, ["m0", "m1"], k, p, 0), atol=ATOL, rtol=0)
+    without = _expected("ties", models, ["m0", "m1"], "emb", TensorParams(p.per_model, {"normalize": True}), 0)
+    assert not torch.allclose(without, target["emb"], atol=1e-3)  # rescale changes the merge

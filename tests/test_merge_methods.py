@@ -185,7 +185,8 @@ def test_method_registry_binds_recipe_names():
     spec = M.METHODS["ties"]
     assert spec.needs_base and spec.per_model_params == ("weight", "density")
     assert spec.required == ("weight",)
-    assert spec.defaults == {"density": 1.0, "normalize": True, "lambda": 1.0, "tie_break": "mergekit"}
+    assert spec.defaults == {"density": 1.0, "normalize": True, "lambda": 1.0, "tie_break": "mergekit",
+                             "rescale": False}
     out = spec(base, models, {"weight": [0.2, 0.3, 0.5], "density": [0.5, 0.5, 0.5]}, {"lambda": 0.9, "int8_mask": True})
     torch.testing.assert_close(out, M.ties(base, models, [0.2, 0.3, 0.5], [0.5] * 3, lambda_=0.9))
     assert M.METHODS["slerp"].required == ("t",)
@@ -196,8 +197,8 @@ def test_method_registry_binds_recipe_names():
         spec(base, models, {}, {})
     with pytest.raises(ConfigError, match="expected 3 values"):
         spec(base, models, {"weight": [1, 1]}, {})
-    with pytest.raises(ConfigError, match="only supported as False"):
-        spec(base, models, {"weight": [1, 1, 1]}, {"rescale": True})
+    with pytest.raises(ConfigError, match="tie_break"):
+        spec(base, models, {"weight": [1, 1, 1]}, {"tie_break": "nope"})
     with pytest.raises(ConfigError, match="needs a seed"):
         M.METHODS["dare_ties"](base, models, {"weight": [1, 1, 1]})
     with pytest.raises(ConfigError, match="unknown merge method 'nope'"):

@@ -40,6 +40,12 @@ def _recipes(p):
                        {"model": b, "parameters": {"weight": [{"filter": "self_attn", "value": 0.3}, {"value": 0.7}],
                                                    "density": [0.3, 0.9]}}],
         },
+        "ties_rescale": {
+            "merge_method": "ties", "base_model": base, "dtype": "float32",
+            "parameters": {"rescale": True, "lambda": 0.9},
+            "models": [{"model": a, "parameters": {"weight": 0.6, "density": 0.3}},
+                       {"model": b, "parameters": {"weight": [0.2, 0.9], "density": 0.6}}],
+        },
         "slerp": {
             "merge_method": "slerp", "base_model": base, "dtype": "float32",
             "parameters": {"t": [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]}, {"value": 0.5}]},
@@ -89,7 +95,7 @@ def _mergekit(cfg: dict, out) -> dict[str, torch.Tensor]:
     return load_file(out / "model.safetensors")
 
 
-@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "slerp", "slerp_slices", "stack_linear",
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "ties_rescale", "slerp", "slerp_slices", "stack_linear",
                                     "stack_slerp", "stack_ties"])
 def test_matches_mergekit(family, tmp_path, method):
     from evomm.merge.execute import run_merge

@@ -311,9 +311,12 @@ class CandidateMaterializer:
 
     def _write(self, slot: _Merged, kw: dict[str, Any], seed: int) -> None:
         method = self.method
-        if method not in FAST_METHODS:  # the method's own function, as `evomm merge` runs it
+        if method not in FAST_METHODS or (method == "ties" and kw.get("rescale")):
+            # the method's own function, as `evomm merge` runs it (TIES keeps task vectors)
             tensors = [t.float().reshape(slot.shape) for t in slot.inputs]
             base = slot.base.float().reshape(slot.shape) if slot.base is not None else None
+            if method == "ties":
+                tensors = [t + base for t in tensors]
             result = self.spec.run(base, tensors, kw, M.tensor_seed(seed, slot.name) if self.spec.uses_seed else None)
             slot.target.copy_(result.reshape(-1))
             return

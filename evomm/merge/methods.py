@@ -47,6 +47,8 @@ SLERP_DOT_THRESHOLD = 0.9995
 SLERP_NORM_EPS = 1e-8
 #: DARE keep decisions compare 16 random bits against round(density * 2**16).
 DARE_MASK_BITS = 16
+#: `rescale` leaves a sparsified task vector as is when either L1 norm is below this (as mergekit).
+RESCALE_NORM_EPS = 1e-7
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -114,6 +116,14 @@ def trim_by_magnitude(delta: Tensor, density: float, inplace: bool = False, tie_
     if tie_break == "keep_all" or threshold == math.inf:
         return out.masked_fill_(delta.abs() < threshold, 0.0)
     return out.masked_fill_(magnitude_ranks(delta) >= top_k_count(density, delta.numel()), 0.0)
+
+
+def rescale_l1(kept: Tensor, delta: Tensor) -> Tensor:
+    """`kept` scaled to the L1 norm of `delta` (mergekit's `rescale`); as is when a norm is ~0."""
+    before, after = delta.abs().sum(), kept.abs().sum()
+    if before < RESCALE_NORM_EPS or after < RESCALE_NORM_EPS:
+        return kept
+    return kept * (before / after)
 
 
 def tensor_seed(seed: int, tensor_name: str) -> int:
@@ -247,13 +257,19 @@ def ties(
     normalize: bool = True,
     lambda_: float = 1.0,
     tie_break: str = "mergekit",
+    rescale: bool = False,
 ) -> Tensor:
-    """TIES: trim each task vector to its top-`density` magnitudes, elect signs, merge agreeing."""
+    """TIES: trim each task vector to its top-`density` magnitudes, elect signs, merge agreeing.
+
+    `rescale` scales each trimmed task vector back to its L1 norm before weighting (mergekit's)."""
     _check_lengths(len(tensors), weight=weights, density=densities)
     if not tensors:
         return base.float().clone()
-    deltas = [trim_by_magnitude(d, rho, inplace=True, tie_break=tie_break)
-              for d, rho in zip(_task_vectors(base, tensors), densities)]
+    deltas = _task_vectors(base, tensors)
+    trimmed = [trim_by_magnitude(d, rho, inplace=not rescale, tie_break=tie_break) for d, rho in zip(deltas, densities)]
+    if rescale:
+        trimmed = [rescale_l1(t, d) for t, d in zip(trimmed, deltas)]
+    deltas = trimmed
     return _sign_consensus_merge(base, deltas, weights, normalize, lambda_)
 
 
@@ -460,8 +476,8 @@ METHODS: dict[str, MethodSpec] = {
                    compat_params={**_GTA_COMPAT, "density": ANY_VALUE, "rescale": ANY_VALUE}),
         MethodSpec("ties", ties, needs_base=True, per_model_params=("weight", "density"),
                    per_model_defaults={"density": 1.0},
-                   global_params={"normalize": True, "lambda": 1.0, "tie_break": "mergekit"},
-                   compat_params={**_GTA_COMPAT, "rescale": False}),
+                   global_params={"normalize": True, "lambda": 1.0, "tie_break": "mergekit", "rescale": False},
+                   compat_params=_GTA_COMPAT),
         MethodSpec("dare_ties", dare_ties, needs_base=True, per_model_params=("weight", "density"),
                    per_model_defaults={"density": 1.0},
                    global_params={"normalize": False, "rescale": True, "lambda": 1.0},

@@ -52,10 +52,9 @@ from evomm.merge.methods import (
     _task_vectors,
     dare_bit_stream,
     draw_mask_bits,
+    rescale_l1,
 )
 
-#: `rescale` leaves a sparsified task vector as is when either L1 norm is below this (as mergekit).
-RESCALE_NORM_EPS = 1e-7
 #: SCE falls back to uniform weights below this summed mean square (as mergekit).
 SCE_WEIGHT_SUM_EPS = 1e-6
 #: SCE's smallest divisor (as mergekit's clamp).
@@ -64,14 +63,6 @@ SCE_DIVISOR_MIN = 1e-6
 
 
 # ----------------------------------------------------------------------------- sparsifiers
-
-
-def rescale_l1(kept: Tensor, delta: Tensor) -> Tensor:
-    """`kept` scaled to the L1 norm of `delta` (mergekit's `rescale`); as is when a norm is ~0."""
-    before, after = delta.abs().sum(), kept.abs().sum()
-    if before < RESCALE_NORM_EPS or after < RESCALE_NORM_EPS:
-        return kept
-    return kept * (before / after)
 
 
 def breadcrumbs_keep_mask(delta: Tensor, density: float, gamma: float) -> Tensor:
