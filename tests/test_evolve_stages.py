@@ -142,3 +142,34 @@ def test_llava_x_llm_ps_then_dfs_gives_a_loadable_vlm(zoo, tmp_path):
         assert out.shape == (1, 8)
     spec = yaml.safe_load((tmp_path / "run" / "ps_dfs" / "best_recipe.yml").read_text())
     assert model.config.text_config.num_hidden_layers == len(spec["path"])
+
+
+def test_ps_evolution_with_della_on_the_toy_zoo(tmp_path):
+    # mergekit's della, evolved per layer (weight, density and epsilon per model) on the toy
+    # zoo's LLaVA x Japanese LM, with the VQA fitness: the evolve stage runs its candidates in
+    # memory through della's own function, and the best recipe rebuilds with `evomm merge`
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from evomm.merge.execute import run_merge
+    from evomm.merge.recipe import load_recipe
+
+    root = Path(__file__).resolve().parents[1]
+    overrides = ["stages=[{name: ps, space: {type: ps, method: della, base_model: base, models: [vlm, ja], "
+                 "layers_per_group: 2, evomm: {keep_from: vlm}}}]", "fitness.n_samples=4",
+                 "fitness.generation.batch_size=4", "fitness.generation.max_new_tokens=6",
+                 "optimizer.popsize=3", "optimizer.generations=2", "after_run=[]"]
+    out = tmp_path / "run"
+    argv = ["evolve", str(root / "pipelines" / "toy_evovlm_jp.yml"), "--out", str(out), "--no-progress"]
+    assert main(argv + [a for o in overrides for a in ("--set", o)]) == 0
+    rows = [json.loads(line) for line in (out / "evaluations.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(r.get("error") is None for r in rows)
+    assert len({r["fitness"] for r in rows}) > 1  # the genome changes what the model answers
+    recipe = load_recipe(out / "best_recipe.yml")
+    assert recipe.merge_method == "della" and recipe.evomm.seed == 0
+    params = recipe.models[0].parameters
+    assert {"weight", "density", "epsilon"} <= set(params)
+    run_merge(recipe, tmp_path / "again", progress=False)
+    saved, again = load_file(out / "model" / "model.safetensors"), load_file(tmp_path / "again" / "model.safetensors")
+    assert all(torch.equal(saved[k], again[k]) for k in saved)

@@ -155,3 +155,19 @@ def test_required_and_scoped_parameters(zoo):
              "models": [{"model": "a"}, {"model": "b"}, {"model": "c"}]}
     with pytest.raises(ConfigError, match="slerp merges exactly 1 model"):
         Recipe.from_dict(slerp)
+
+
+def test_stacking_slices_is_refused_for_sdxl_unets(tmp_path):
+    from evomm.errors import ConfigError
+    from evomm.merge.execute import run_merge
+    from evomm.merge.recipe import Recipe
+    from evomm.testing.tiny import save, tiny_sdxl_unet
+
+    a = save(tiny_sdxl_unet(seed=1, scale=0.01), tmp_path / "a" / "unet").parent
+    b = save(tiny_sdxl_unet(seed=2, scale=0.01), tmp_path / "b" / "unet").parent
+    recipe = Recipe.from_dict({"merge_method": "linear", "parameters": {"weight": 1.0},
+                               "slices": [{"sources": [{"model": str(a), "layer_range": [0, 2]}]},
+                                          {"sources": [{"model": str(b), "layer_range": [2, 4]}]}]})
+    with pytest.raises(ConfigError, match="stacking layer ranges is for decoder models; this recipe is sdxl_unet"):
+        run_merge(recipe, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -210,3 +210,11 @@ def test_method_registry_binds_recipe_names():
 def test_tensor_seed_is_stable_and_name_dependent():
     assert M.tensor_seed(1, "model.layers.0.mlp.up_proj.weight") == M.tensor_seed(1, "model.layers.0.mlp.up_proj.weight")
     assert M.tensor_seed(1, "a") != M.tensor_seed(1, "b") != M.tensor_seed(2, "b")
+
+
+def test_docs_table_lists_every_method():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "merge_methods.md").read_text()
+    for name in M.METHODS:
+        assert f"| `{name}` |" in text, f"docs/merge_methods.md has no row for {name}"
