@@ -6,8 +6,9 @@ Builds (once, cached under --work) three Mistral-layout checkpoints of about --s
 (a base and two fine-tunes, float32 safetensors), then runs both tools as subprocesses with
 one thread each (OMP_NUM_THREADS=1, --num-threads 1) under `/usr/bin/time -v`, and prints the
 wall time, the ratio mergekit / evomm, and each tool's peak RSS. Targets: ties >= 3x faster,
-linear >= 1.5x, peak RSS no higher than mergekit's. Outputs are compared to make sure both
-tools did the same merge.
+linear >= 1.5x, della and model_stock at least as fast; peak RSS no higher than mergekit's.
+Outputs are compared to make sure both tools did the same merge (randomised methods differ
+by their masks).
 """
 
 from __future__ import annotations
@@ -67,6 +68,15 @@ def build_checkpoints(work: Path, size_mb: int) -> dict[str, Path]:
 
 
 def recipe(method: str, paths: dict[str, Path]) -> str:
+    if method == "model_stock":
+        models = [{"model": str(paths["ft1"])}, {"model": str(paths["ft2"])}]
+        data = {"merge_method": method, "base_model": str(paths["base"]), "models": models, "dtype": "float32"}
+        return json.dumps(data)
+    if method in ("della", "della_linear"):
+        models = [{"model": str(paths[ft]), "parameters": {"weight": w, "density": 0.5, "epsilon": 0.1}}
+                  for ft, w in (("ft1", 0.6), ("ft2", 0.4))]
+        data = {"merge_method": method, "base_model": str(paths["base"]), "models": models, "dtype": "float32"}
+        return json.dumps(data)
     if method == "linear":
         models = [{"model": str(paths["ft1"]), "parameters": {"weight": 0.6}},
                   {"model": str(paths["ft2"]), "parameters": {"weight": 0.4}}]
@@ -107,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "merge_bench")
     parser.add_argument("--size-mb", type=int, default=500)
-    parser.add_argument("--methods", nargs="+", default=["linear", "ties"])
+    parser.add_argument("--methods", nargs="+", default=["linear", "ties", "della", "model_stock"])
     parser.add_argument("--repeats", type=int, default=1, help="runs per tool; the fastest counts")
     args = parser.parse_args(argv)
     if shutil.which("mergekit-yaml") is None:
@@ -140,12 +150,14 @@ def main(argv: list[str] | None = None) -> int:
         ratio = best["mergekit"][0] / best["evomm"][0]
         rows.append((method, ratio, best["evomm"][1] / best["mergekit"][1], diff))
     print()
-    targets = {"ties": 3.0, "linear": 1.5}
+    targets = {"ties": 3.0, "linear": 1.5, "della": 1.0, "model_stock": 1.0}
     for method, ratio, rss_ratio, diff in rows:
         target = targets.get(method)
         verdict = "" if target is None else (" (target >= %.1fx: %s)" % (target, "met" if ratio >= target else "NOT met"))
         print(f"{method}: evomm is {ratio:.2f}x faster than mergekit{verdict}; peak RSS evomm/mergekit "
-              f"= {rss_ratio:.2f} ({'met' if rss_ratio <= 1 else 'NOT met'}); max |diff| on sampled tensors {diff:.2e}")
+              f"= {rss_ratio:.2f} ({'met' if rss_ratio <= 1 else 'NOT met'}); max |diff| on sampled tensors {diff:.2e}"
+              + (" (random masks: evomm's are seeded, mergekit's from torch's RNG)" if method.startswith(("della", "dare"))
+                 else ""))
     return 0
 
 

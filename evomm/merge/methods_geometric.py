@@ -316,16 +316,6 @@ class OptionalBaseSpec(MethodSpec):
 
     base_optional: bool = True
 
-    def __call__(
-        self,
-        base: Tensor | None,
-        tensors: Sequence[Tensor],
-        per_model: Mapping[str, Sequence[Any]],
-        global_: Mapping[str, Any] | None = None,
-        seed: int | None = None,
-    ) -> Tensor:
-        return self.run(base, tensors, self.bind(per_model, global_ or {}, len(tensors)), seed)
-
     def run(self, base: Tensor | None, tensors: Sequence[Tensor], kwargs: Mapping[str, Any],
             seed: int | None = None) -> Tensor:
         """Call the method with arguments already bound by `bind`, and the base if one is given."""

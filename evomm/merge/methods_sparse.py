@@ -162,13 +162,8 @@ def breadcrumbs(
     lambda_: float = 1.0,
 ) -> Tensor:
     """Model Breadcrumbs: base + lambda * sum_i w_i trim(d_i) (/ sum_i w_i), trimming both tails."""
-    _check_lengths(len(tensors), weight=weights, density=densities, gamma=gammas)
-    _check_gammas("breadcrumbs", gammas)
-    if not tensors:
-        return base.float().clone()
-    deltas = [breadcrumbs_trim(d, rho, g, rescale)
-              for d, rho, g in zip(_task_vectors(base, tensors), densities, gammas)]
-    return _sum_merge(base, deltas, weights, normalize, lambda_)
+    deltas = _breadcrumbs_deltas("breadcrumbs", base, tensors, weights, densities, gammas, rescale)
+    return base.float().clone() if deltas is None else _sum_merge(base, deltas, weights, normalize, lambda_)
 
 
 def breadcrumbs_ties(
@@ -182,13 +177,18 @@ def breadcrumbs_ties(
     lambda_: float = 1.0,
 ) -> Tensor:
     """Breadcrumbs' trim, then TIES's sign election over the weighted, trimmed task vectors."""
+    deltas = _breadcrumbs_deltas("breadcrumbs_ties", base, tensors, weights, densities, gammas, rescale)
+    return base.float().clone() if deltas is None else _sign_consensus_merge(base, deltas, weights, normalize, lambda_)
+
+
+def _breadcrumbs_deltas(name: str, base: Tensor, tensors: Sequence[Tensor], weights: Sequence[float],
+                        densities: Sequence[float], gammas: Sequence[float], rescale: bool) -> list[Tensor] | None:
+    """Each model's task vector with both magnitude tails trimmed (None: no models)."""
     _check_lengths(len(tensors), weight=weights, density=densities, gamma=gammas)
-    _check_gammas("breadcrumbs_ties", gammas)
+    _check_gammas(name, gammas)
     if not tensors:
-        return base.float().clone()
-    deltas = [breadcrumbs_trim(d, rho, g, rescale)
-              for d, rho, g in zip(_task_vectors(base, tensors), densities, gammas)]
-    return _sign_consensus_merge(base, deltas, weights, normalize, lambda_)
+        return None
+    return [breadcrumbs_trim(d, rho, g, rescale) for d, rho, g in zip(_task_vectors(base, tensors), densities, gammas)]
 
 
 def della(
