@@ -113,9 +113,13 @@ def trim_by_magnitude(delta: Tensor, density: float, inplace: bool = False, tie_
     if threshold is None:
         return delta
     out = delta if inplace else delta.clone()
+    below = delta.abs() < threshold
     if tie_break == "keep_all" or threshold == math.inf:
-        return out.masked_fill_(delta.abs() < threshold, 0.0)
-    return out.masked_fill_(magnitude_ranks(delta) >= top_k_count(density, delta.numel()), 0.0)
+        return out.masked_fill_(below, 0.0)
+    k = top_k_count(density, delta.numel())
+    if delta.numel() - int(below.sum()) == k:  # nothing tied across the k-th: the same k entries
+        return out.masked_fill_(below, 0.0)
+    return out.masked_fill_(magnitude_ranks(delta) >= k, 0.0)  # mergekit's order decides the ties
 
 
 def rescale_l1(kept: Tensor, delta: Tensor) -> Tensor:
