@@ -74,6 +74,26 @@ def test_vlm_tab_answers_a_japanese_question_in_japanese(setup):
     assert len(answers) == 2 and all(a.strip() for a in answers.values())  # both parents, side by side
 
 
+def test_first_example_is_answered_correctly_by_the_shipped_merged_model(setup):
+    # a fresh clone serves the shipped evolved toy VLM (assets/zoo/evovlm_jp) by default; its
+    # answer to the first example must be right, not only Japanese: the held-out answer's
+    # first sentence (the asked value, e.g. 「円です。」)
+    import json
+
+    from evomm.demo.config import example_items
+
+    page, *_ = setup
+    shipped = config_from(None, env={})
+    assert shipped.merged is not None and shipped.merged.path.name == "evovlm_jp"
+    first_image, first_question = example_items(shipped)[0]  # the examples table's first row
+    answers = browser.ask_vlm(page, None, None, example=0)
+    assert page.locator("#vlm-question textarea").input_value() == first_question
+    records = [json.loads(line) for line in (shipped.examples_dir / "test.jsonl").read_text(encoding="utf-8").splitlines()]
+    record = next(r for r in records if r["question"] == first_question and r["image"].endswith(first_image.name))
+    expected = record["answer"].split("。")[0] + "。"
+    assert answers["vlm-answer-merged"].strip().startswith(expected), (answers, expected)
+
+
 def test_vlm_tab_example_fills_image_and_question(setup):
     page, *_ = setup
     answers = browser.ask_vlm(page, None, None, example=1)

@@ -298,6 +298,10 @@ def test_running_app_answers_with_messages_and_keeps_serving(tiny_setup, tmp_pat
         big = httpx.post(f"http://127.0.0.1:{port}/gradio_api/upload",
                          files={"files": ("big.png", b"\x89PNG" + os.urandom(LIMITS.max_upload_bytes + 1), "image/png")})
         assert big.status_code == 413 and "maximum allowed size of 200000 bytes" in big.text
+        three = httpx.post(f"http://127.0.0.1:{port}/gradio_api/upload",  # one request, 21 MB in all
+                           files=[("files", (f"{i}.png", b"\x89PNG" + b"\0" * (7 * 1024 * 1024), "image/png"))
+                                  for i in range(3)])
+        assert three.status_code == 413 and three.text.startswith("Upload refused: 21.0 MB in one request")
 
         status, merged, english, japanese = client.predict(
             handle_file(str(root / "examples" / "circle.png")), "この図形は何色ですか？", *settings, api_name="/answer"

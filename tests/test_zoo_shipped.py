@@ -41,3 +41,25 @@ def test_japanese_lm_answers_in_japanese_without_seeing_the_image():
     records = load_split(SHIPPED / "data", "test", "ja")[:20]
     answers = answer_with_lm(model, tokenizer, records)
     assert all(JAPANESE.search(a) for a in answers)
+
+
+def test_shipped_evolved_vlm_is_rebuilt_exactly_by_evomm_merge(tmp_path, monkeypatch):
+    # assets/zoo/evovlm_jp: the PS result of the README's main command (seed 0), fp16; its
+    # best_recipe.yml names the zoo by paths relative to the repository root
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+
+    from evomm.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    shipped = root / "assets" / "zoo" / "evovlm_jp"
+    monkeypatch.chdir(root)
+    assert main(["merge", str(shipped / "best_recipe.yml"), str(tmp_path / "again"), "--no-progress"]) == 0
+    expected = load_file(str(shipped / "model.safetensors"))
+    got = load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert set(got) == set(expected)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert {t.dtype for t in expected.values()} == {torch.float16}
+    assert sum(f.stat().st_size for f in shipped.iterdir()) < 2 * 1024 * 1024

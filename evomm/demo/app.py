@@ -9,8 +9,12 @@ import sys
 import gradio as gr
 import torch
 
+from gradio.utils import get_upload_folder
+from starlette.middleware import Middleware
+
 from evomm.demo.config import DemoConfig, config_from
 from evomm.demo.ui import CSS, build_app
+from evomm.demo.upload_budget import UploadBudget
 from evomm.errors import EvommError
 
 logger = logging.getLogger(__name__)
@@ -26,10 +30,16 @@ def launch_app(config: DemoConfig, host: str | None = None, port: int | None = N
     """Build and start the app; with `block=False` return once it is serving."""
     torch.set_num_threads(config.threads)
     app = build_app(config)
+    limits = config.limits
+    budget = Middleware(UploadBudget, max_request_bytes=limits.max_request_bytes,
+                        max_visitor_bytes=limits.max_visitor_bytes, visitor_window_s=limits.visitor_window_s,
+                        upload_dir=get_upload_folder(), max_dir_bytes=limits.max_upload_dir_bytes,
+                        prune_after_s=limits.prune_uploads_after_s)
     app.launch(
         server_name=host,
         server_port=port,
         max_file_size=config.limits.max_upload_bytes,
+        app_kwargs={"middleware": [budget]},
         show_error=False,
         prevent_thread_lock=not block,
         quiet=not block,

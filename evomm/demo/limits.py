@@ -37,6 +37,11 @@ class DemoLimits(BaseModel):
     max_new_tokens: int = Field(128, gt=0, description="longest answer a model may generate")
     max_steps: int = Field(50, gt=0, description="most denoising steps for text-to-image")
     max_guidance: float = Field(20.0, ge=0, description="largest classifier-free guidance scale")
+    max_request_bytes: int = Field(10 * 1024 * 1024, gt=0, description="all files of one upload request together")
+    max_visitor_bytes: int = Field(64 * 1024 * 1024, gt=0, description="one visitor's uploads per window")
+    visitor_window_s: float = Field(600.0, gt=0, description="the window of max_visitor_bytes, in seconds")
+    max_upload_dir_bytes: int = Field(512 * 1024 * 1024, gt=0, description="gradio's upload folder on disk")
+    prune_uploads_after_s: float = Field(600.0, ge=0, description="uploads older than this may be deleted")
     concurrency: int = Field(1, gt=0, description="requests that may run at the same time")
     queue_size: int = Field(16, gt=0, description="requests that may wait in the queue")
 

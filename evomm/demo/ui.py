@@ -85,7 +85,9 @@ def build_app(config: DemoConfig, handlers: DemoHandlers | None = None) -> gr.Bl
         handlers = DemoHandlers(config, upload_roots=[Path(get_upload_folder())])
     limits = config.limits
 
-    with gr.Blocks(title="evomm — evolutionary model merging demo", analytics_enabled=False) as app:
+    # uploads older than an hour are deleted every 10 minutes (UploadBudget bounds the folder between)
+    with gr.Blocks(title="evomm — evolutionary model merging demo", analytics_enabled=False,
+                   delete_cache=(600, 3600)) as app:
         gr.Markdown(
             "# evomm demo\nModels built by **evolutionary model merging**, side by side with the "
             "models they were merged from."
