@@ -75,7 +75,7 @@ def test_vlm_tab_answers_a_japanese_question_in_japanese(setup):
 
 
 def test_first_example_is_answered_correctly_by_the_shipped_merged_model(setup):
-    # a fresh clone serves the shipped evolved toy VLM (assets/zoo/evovlm_jp) by default; its
+    # a fresh clone serves the shipped evolved toy VLM (assets/evovlm_jp) by default; its
     # answer to the first example must be right, not only Japanese: the held-out answer's
     # first sentence (the asked value, e.g. 「円です。」)
     import json

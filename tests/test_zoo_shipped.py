@@ -44,7 +44,7 @@ def test_japanese_lm_answers_in_japanese_without_seeing_the_image():
 
 
 def test_shipped_evolved_vlm_is_rebuilt_exactly_by_evomm_merge(tmp_path, monkeypatch):
-    # assets/zoo/evovlm_jp: the PS result of the README's main command (seed 0), fp16; its
+    # assets/evovlm_jp: the PS result of the README's main command (seed 0), fp16; its
     # best_recipe.yml names the zoo by paths relative to the repository root
     from pathlib import Path
 
@@ -54,7 +54,7 @@ def test_shipped_evolved_vlm_is_rebuilt_exactly_by_evomm_merge(tmp_path, monkeyp
     from evomm.cli import main
 
     root = Path(__file__).resolve().parents[1]
-    shipped = root / "assets" / "zoo" / "evovlm_jp"
+    shipped = root / "assets" / "evovlm_jp"
     monkeypatch.chdir(root)
     assert main(["merge", str(shipped / "best_recipe.yml"), str(tmp_path / "again"), "--no-progress"]) == 0
     expected = load_file(str(shipped / "model.safetensors"))

@@ -13,6 +13,7 @@ from gradio.utils import get_upload_folder
 from starlette.middleware import Middleware
 
 from evomm.demo.config import DemoConfig, config_from
+from evomm.demo.file_guard import ForeignPathGuard
 from evomm.demo.ui import CSS, build_app
 from evomm.demo.upload_budget import UploadBudget
 from evomm.errors import EvommError
@@ -39,7 +40,7 @@ def launch_app(config: DemoConfig, host: str | None = None, port: int | None = N
         server_name=host,
         server_port=port,
         max_file_size=config.limits.max_upload_bytes,
-        app_kwargs={"middleware": [budget]},
+        app_kwargs={"middleware": [budget, Middleware(ForeignPathGuard, upload_dir=get_upload_folder())]},
         show_error=False,
         prevent_thread_lock=not block,
         quiet=not block,

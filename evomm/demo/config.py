@@ -29,7 +29,7 @@ ENV_DEVICE = "EVOMM_DEMO_DEVICE"
 ENV_TEMPLATE = "EVOMM_DEMO_TEMPLATE"
 
 #: Toy defaults, relative to the repository (first existing candidate wins).
-DEFAULT_MERGED = ("assets/zoo/evovlm_jp", "assets/zoo/merged_vlm")
+DEFAULT_MERGED = ("assets/evovlm_jp", "assets/zoo/evovlm_jp", "assets/zoo/merged_vlm")
 DEFAULT_PARENTS = ("assets/zoo/english_vlm", "assets/zoo/japanese_lm")
 DEFAULT_SDXL = ("assets/sdxl_zoo/evosdxl_jp", "assets/sdxl_zoo/merged")
 DEFAULT_SDXL_PARENTS = ("assets/sdxl_zoo/japanese", "assets/sdxl_zoo/fewstep")
