@@ -203,15 +203,8 @@ def della(
     lambda_: float = 1.0,
 ) -> Tensor:
     """DELLA: drop task-vector entries with magnitude-ranked probability, then TIES's election."""
-    _check_lengths(len(tensors), weight=weights, density=densities, epsilon=epsilons)
-    _check_epsilons("della", densities, epsilons)
-    if not tensors:
-        return base.float().clone()
-    deltas = [
-        della_drop(d, rho, eps, seed, i, rescale)
-        for i, (d, rho, eps) in enumerate(zip(_task_vectors(base, tensors), densities, epsilons))
-    ]
-    return _sign_consensus_merge(base, deltas, weights, normalize, lambda_)
+    deltas = _della_deltas("della", base, tensors, weights, densities, epsilons, seed, rescale)
+    return base.float().clone() if deltas is None else _sign_consensus_merge(base, deltas, weights, normalize, lambda_)
 
 
 def della_linear(
@@ -226,15 +219,20 @@ def della_linear(
     lambda_: float = 1.0,
 ) -> Tensor:
     """DELLA's drop, then task arithmetic: base + lambda * sum_i w_i drop(d_i) (/ sum_i w_i)."""
+    deltas = _della_deltas("della_linear", base, tensors, weights, densities, epsilons, seed, rescale)
+    return base.float().clone() if deltas is None else _sum_merge(base, deltas, weights, normalize, lambda_)
+
+
+def _della_deltas(name: str, base: Tensor, tensors: Sequence[Tensor], weights: Sequence[float],
+                  densities: Sequence[float], epsilons: Sequence[float], seed: int,
+                  rescale: bool) -> list[Tensor] | None:
+    """Each model's task vector after DELLA's magnitude-ranked drop (None: no models)."""
     _check_lengths(len(tensors), weight=weights, density=densities, epsilon=epsilons)
-    _check_epsilons("della_linear", densities, epsilons)
+    _check_epsilons(name, densities, epsilons)
     if not tensors:
-        return base.float().clone()
-    deltas = [
-        della_drop(d, rho, eps, seed, i, rescale)
-        for i, (d, rho, eps) in enumerate(zip(_task_vectors(base, tensors), densities, epsilons))
-    ]
-    return _sum_merge(base, deltas, weights, normalize, lambda_)
+        return None
+    return [della_drop(d, rho, eps, seed, i, rescale)
+            for i, (d, rho, eps) in enumerate(zip(_task_vectors(base, tensors), densities, epsilons))]
 
 
 def sce_select_mask(deltas: Tensor, select_topk: float) -> Tensor:
