@@ -420,3 +420,39 @@ def test_random_genomes_run_on_one_preallocated_model(sources, ids):
         with torch.no_grad():
             out = model.generate(ids, max_new_tokens=4, do_sample=False)
         assert out.shape == (2, ids.shape[1] + 4)
+
+
+def test_unit_scale_dfs_exports_as_a_plain_decoder_with_a_slices_recipe(tmp_path, ids):
+    # every scale 1 and sources with the same layer settings: the DFS model *is* a Mistral with
+    # the path's layers stacked; it saves as one (any runtime serves it) with mergekit's
+    # `slices:` recipe beside it, which `evomm merge` and mergekit-yaml turn into the same model
+    import yaml
+    from safetensors.torch import load_file
+    from transformers import MistralForCausalLM
+
+    from evomm.merge.execute import run_merge
+    from evomm.merge.recipe import Recipe
+    from evomm.search.export import save_dfs_model
+    from evomm.testing.tiny import save
+
+    paths = [str(save(m, tmp_path / name)) for m, name in ((tiny_mistral(seed=1, scale=0.05), "a"),
+                                                             (tiny_mistral(seed=2, scale=0.05), "b"))]
+    spec = {"type": "dfs", "sources": paths, "path": [[0, 0], [0, 1], [1, 1], [1, 2], [1, 3], [0, 2], [0, 3]],
+            "scales": [1.0] * 7, "embed_source": 0, "head_source": 0}
+    out = save_dfs_model(spec, tmp_path / "dfs")
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "mistral" and config["num_hidden_layers"] == 7
+    assert config["architectures"] == ["MistralForCausalLM"] and "dfs_path" not in config
+    plain = MistralForCausalLM.from_pretrained(out).eval()
+    sources = [MistralForCausalLM.from_pretrained(p).eval() for p in paths]
+    dfs = DFSForCausalLM.from_sources(sources, spec["path"], spec["scales"])
+    assert torch.allclose(logits(plain, ids), logits(dfs, ids), atol=1e-5, rtol=0)
+    recipe = yaml.safe_load((out / "slices.yml").read_text())
+    assert [s["sources"][0]["layer_range"] for s in recipe["slices"]] == [[0, 2], [1, 4], [2, 4]]
+    run_merge(Recipe.from_dict(recipe), tmp_path / "rebuilt", progress=False)
+    exported, rebuilt = load_file(str(out / "model.safetensors")), load_file(str(tmp_path / "rebuilt" / "model.safetensors"))
+    assert set(rebuilt) == set(exported) and all(torch.equal(rebuilt[k], exported[k]) for k in exported)
+    # a path with scales other than 1 stays a DFS checkpoint (evomm_dfs), without the recipe
+    scaled = save_dfs_model({**spec, "scales": [1.0, 1.2] + [1.0] * 5}, tmp_path / "scaled")
+    assert json.loads((scaled / "config.json").read_text())["model_type"] == "evomm_dfs"
+    assert not (scaled / "slices.yml").exists()

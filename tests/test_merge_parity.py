@@ -64,6 +64,12 @@ def _recipes(p):
                        {"sources": [{"model": b, "layer_range": [1, 4]}]}],
             "merge_method": "linear", "dtype": "float32", "parameters": {"weight": 1.0},
         },
+        # the recipe a unit-scale DFS export writes beside the model (passthrough, one source a slice)
+        "stack_passthrough": {
+            "slices": [{"sources": [{"model": a, "layer_range": [0, 2]}]}, {"sources": [{"model": b, "layer_range": [1, 4]}]},
+                       {"sources": [{"model": a, "layer_range": [2, 4]}]}],
+            "merge_method": "passthrough", "dtype": "float32",
+        },
         # per-slice merges: each slice its own sources, base, parameters and gradient
         "stack_slerp": {
             "slices": [{"sources": [{"model": base, "layer_range": [0, 2]}, {"model": a, "layer_range": [1, 3]}],
@@ -96,7 +102,7 @@ def _mergekit(cfg: dict, out) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "ties_rescale", "slerp", "slerp_slices", "stack_linear",
-                                    "stack_slerp", "stack_ties"])
+                                    "stack_passthrough", "stack_slerp", "stack_ties"])
 def test_matches_mergekit(family, tmp_path, method):
     from evomm.merge.execute import run_merge
 

@@ -53,10 +53,15 @@ def save_dfs_model(spec: dict[str, Any], model_dir: str | Path, card: dict[str, 
     )
     embed = sources[int(spec.get("embed_source", 0))]
     out_model = dfs_into_llava(embed, dfs) if _is_llava(embed) else dfs
+    plain = plain_stack_config(spec, sources) if not _is_llava(embed) else None
     model_dir = Path(model_dir)
     with atomic_output_dir(model_dir, overwrite=True) as tmp:
         with torch.no_grad():
             out_model.save_pretrained(tmp, safe_serialization=True)
+        if plain is not None:  # any runtime can serve it: a plain decoder with the path's layers
+            (tmp / "config.json").write_text(json.dumps(plain, indent=2) + "\n")
+            dtype = str(next(embed.parameters()).dtype).removeprefix("torch.")
+            (tmp / "slices.yml").write_text(slices_recipe(spec, dtype))
         copy_aux_files(Path(spec["sources"][int(spec.get("embed_source", 0))]), tmp)
         (tmp / "dfs_spec.json").write_text(json.dumps(spec, indent=1))
         title = f"# {_title(card, model_dir)}\n\nA data-flow-space (DFS) merge made with evomm: a path of " \
@@ -65,6 +70,52 @@ def save_dfs_model(spec: dict[str, Any], model_dir: str | Path, card: dict[str, 
             "---\nlibrary_name: transformers\ntags: [merge, evomm, dfs]\n---\n\n" + title)
         _append_card(tmp / "README.md", card)
     return model_dir
+
+
+def plain_stack_config(spec: dict[str, Any], sources: list) -> dict[str, Any] | None:
+    """The config of a plain decoder (e.g. `MistralForCausalLM`) whose layers are the DFS path,
+    when the DFS model is one: every scale 1, and every source with the same layer settings
+    (rotary embedding, attention window, norm epsilon), so one config describes every layer."""
+    path, scales = spec["path"], spec.get("scales") or [1.0] * len(spec["path"])
+    if any(float(x) != 1.0 for x in scales):
+        return None
+    configs = [m.config.get_text_config(decoder=True) for m in sources]
+    keys = ("model_type", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+            "head_dim", "rope_parameters", "rope_theta", "sliding_window", "rms_norm_eps", "hidden_act")
+    first = configs[0].to_dict()
+    if any({k: c.to_dict().get(k) for k in keys} != {k: first.get(k) for k in keys} for c in configs[1:]):
+        return None
+    head = int(spec.get("head_source") if spec.get("head_source") is not None else spec.get("embed_source", 0))
+    if head != int(spec.get("embed_source", 0)) or getattr(configs[0], "layer_types", None):
+        return None
+    plain = dict(configs[int(spec.get("embed_source", 0))].to_dict())
+    plain.update(num_hidden_layers=len(path), architectures=[type(sources[head]).__name__])
+    for key in ("_name_or_path", "transformers_version"):
+        plain.pop(key, None)
+    return plain
+
+
+def slices_recipe(spec: dict[str, Any], dtype: str = "bfloat16") -> str:
+    """mergekit's `slices:` + passthrough recipe that stacks the same layers (runs of consecutive
+    layers of one source become one slice), as `evomm merge` and `mergekit-yaml` read it.
+    It equals the DFS model when its embeddings and head come from the first and last slices'
+    source; the header says so otherwise."""
+    runs: list[list[int]] = []  # [source, first layer, end layer]
+    for source, layer in spec["path"]:
+        if runs and runs[-1][0] == source and runs[-1][2] == layer:
+            runs[-1][2] += 1
+        else:
+            runs.append([source, layer, layer + 1])
+    names = [str(s) for s in spec["sources"]]
+    embed = int(spec.get("embed_source", 0))
+    same = runs[0][0] == embed and runs[-1][0] == embed
+    header = ("# The DFS path as a mergekit `slices:` recipe: `evomm merge slices.yml OUT` (or mergekit-yaml)\n"
+              + ("# rebuilds this model.\n" if same else
+                 "# NOTE: the embeddings and head come from the first and last slices' sources here, not from "
+                 f"{names[embed]} as in the DFS model.\n"))
+    recipe = {"merge_method": "passthrough", "dtype": dtype,
+              "slices": [{"sources": [{"model": names[s], "layer_range": [a, b]}]} for s, a, b in runs]}
+    return header + yaml.safe_dump(recipe, sort_keys=False)
 
 
 def load_decoder_source(path: str | Path, dtype=None):
