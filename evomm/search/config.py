@@ -51,7 +51,7 @@ class FitnessConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
-    name: Literal["cmaes", "random"] = "cmaes"
+    name: Literal["cmaes", "random", "cmaes_margin"] = "cmaes"
     popsize: int | None = Field(None, ge=2)
     sigma0: float = Field(0.2, gt=0)
     generations: int | None = Field(None, ge=1)

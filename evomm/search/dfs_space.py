@@ -122,6 +122,12 @@ class DFSSpace:
     def upper(self) -> np.ndarray:
         return np.concatenate([np.full(self.num_slots, 1.0), np.full(len(self._pairs), self.scale_range)])
 
+    @property
+    def discrete_steps(self) -> np.ndarray:
+        """Per coordinate, its discretisation step for optimizers that respect it (CMA-ES with
+        Margin): inclusion values are binary ({-1, 1}, step 2), log-scales continuous (0)."""
+        return np.concatenate([np.full(self.num_slots, 2.0), np.zeros(len(self._pairs))])
+
     def initial(self) -> np.ndarray:
         """One source's layers in order (first repeat), every scale 1."""
         path = [[self.init_source, l] for l in range(self.num_layers[self.init_source])]

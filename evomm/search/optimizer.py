@@ -128,12 +128,87 @@ class RandomSearchOptimizer:
         return pickle.dumps(self)
 
 
+class MarginCMAESOptimizer:
+    """CMA-ES with Margin (the `cmaes` package's CMAwM) for genomes that mix binary and real
+    coordinates, as a DFS genome does (layer in or out of the path; log-scales).
+
+    `steps[i] > 0` marks coordinate i as discrete on the grid lower, lower + step, ... within
+    its bounds (a DFS inclusion value: {-1, 1}, step 2); 0 marks a continuous one. The margin
+    keeps every discrete choice possible, which plain CMA-ES loses once its variance along a
+    binary coordinate collapses. Maximises; `cmaes` minimises, so fitness is negated.
+    """
+
+    def __init__(
+        self,
+        x0: np.ndarray,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        *,
+        steps: np.ndarray | None = None,
+        sigma0: float = 0.2,
+        popsize: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        from cmaes import CMAwM
+
+        lower, upper = np.asarray(lower, float), np.asarray(upper, float)
+        if steps is None or not np.any(np.asarray(steps) > 0):
+            from evomm.errors import ConfigError
+
+            raise ConfigError("optimizer.name cmaes_margin: the search space has no discrete coordinates "
+                              "(it is for DFS genomes); use cmaes")
+        steps = np.asarray(steps, float)
+        x0 = np.clip(np.asarray(x0, float), lower, upper)
+        scale = np.where(steps > 0, 1.0, upper - lower)  # sigma0 is relative to each box, as for cma
+        self._es = CMAwM(mean=x0, sigma=float(sigma0) * float(np.median(scale)), bounds=np.stack([lower, upper], 1),
+                         steps=steps, seed=int(seed), population_size=int(popsize) if popsize else None)
+        self.popsize = int(self._es.population_size)
+        self._lower, self._upper = lower, upper
+        self._asked: list[tuple[np.ndarray, np.ndarray]] = []
+        self._mean_eval: np.ndarray | None = None
+
+    def ask(self) -> list[np.ndarray]:
+        self._asked = [self._es.ask() for _ in range(self.popsize)]
+        return [np.clip(np.asarray(x_eval, float), self._lower, self._upper) for x_eval, _ in self._asked]
+
+    def tell(self, xs: list[np.ndarray], fitnesses: list[float]) -> None:
+        if len(xs) != len(self._asked):
+            raise ValueError(f"told {len(xs)} vectors, asked {len(self._asked)}")
+        raw = []
+        for x, f in zip(xs, fitnesses):  # the raw vector CMAwM asked for, matched by its encoding
+            j = next(k for k, (x_eval, _) in enumerate(self._asked)
+                     if np.array_equal(np.clip(x_eval, self._lower, self._upper), x))
+            raw.append((self._asked.pop(j)[1], -float(f)))
+        self._es.tell(raw)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return np.clip(np.asarray(self._es.mean, float), self._lower, self._upper)
+
+    # `cmaes` leaves its random generator out of a pickle (a restored strategy draws anew) and
+    # stores the covariance as one triangle (a matrix not exactly symmetric comes back changed in
+    # the last bit); a resumed run must propose exactly the same vectors, so both travel whole
+    def __getstate__(self) -> dict[str, Any]:
+        cma = self._es._cma
+        return {**self.__dict__, "_rng_state": cma._rng.get_state(), "_covariance": cma._C.copy()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        rng_state, covariance = state.pop("_rng_state"), state.pop("_covariance")
+        self.__dict__.update(state)
+        self._es._cma._rng.set_state(rng_state)
+        self._es._cma._C = covariance
+
+    def dumps(self) -> bytes:
+        # our own run-state file only (see CMAESOptimizer.dumps)
+        return pickle.dumps(self)
+
+
 def default_popsize(dim: int) -> int:
     """CMA-ES's default population size, 4 + floor(3 ln n)."""
     return 4 + int(3 * math.log(max(dim, 1)))
 
 
-OPTIMIZERS = {"cmaes": CMAESOptimizer, "random": RandomSearchOptimizer}
+OPTIMIZERS = {"cmaes": CMAESOptimizer, "random": RandomSearchOptimizer, "cmaes_margin": MarginCMAESOptimizer}
 
 
 def make_optimizer(
@@ -145,14 +220,18 @@ def make_optimizer(
     sigma0: float = 0.2,
     popsize: int | None = None,
     seed: int = 0,
+    steps: np.ndarray | None = None,
 ) -> Any:
-    """Build an optimizer from the registry by name ("cmaes" or "random")."""
+    """Build an optimizer from the registry by name ("cmaes", "random" or "cmaes_margin";
+    `steps` marks discrete coordinates for the last, see `MarginCMAESOptimizer`)."""
     try:
         cls = OPTIMIZERS[name]
     except KeyError:
         from evomm.errors import ConfigError
 
         raise ConfigError(f"optimizer.name: unknown optimizer {name!r} (known: {sorted(OPTIMIZERS)})")
+    if cls is MarginCMAESOptimizer:
+        return cls(x0, lower, upper, steps=steps, sigma0=sigma0, popsize=popsize, seed=seed)
     return cls(x0, lower, upper, sigma0=sigma0, popsize=popsize, seed=seed)
 
 

@@ -147,7 +147,7 @@ def run_stage(
     seed = config.seed if opt_cfg.seed is None else opt_cfg.seed
     optimizer_factory = functools.partial(
         make_optimizer, opt_cfg.name, space.initial(), space.lower, space.upper,
-        sigma0=opt_cfg.sigma0, popsize=opt_cfg.popsize, seed=seed,
+        sigma0=opt_cfg.sigma0, popsize=opt_cfg.popsize, seed=seed, steps=getattr(space, "discrete_steps", None),
     )
     backend_cfg = config.backend
     factory = functools.partial(build_evaluator, ctx)
