@@ -84,6 +84,16 @@ _JA_STEP = {"+": "さらに{n}{c}もらいました", "-": "{n}{c}あげまし�
 _SYMBOL = {"+": "+", "-": "-", "*": "×"}
 
 
+def _steps(p: Problem) -> list[tuple[str, int, int, int]]:
+    """(op, n, value before, value after) for each operation, left to right."""
+    out, value = [], p.numbers[0]
+    for op, n in zip(p.ops, p.numbers[1:]):
+        new = _apply(value, op, n)
+        out.append((op, n, value, new))
+        value = new
+    return out
+
+
 def _english(p: Problem) -> tuple[str, str]:
     name, _, pronoun = NAMES[p.name]
     noun = OBJECTS[p.obj][0]
@@ -91,15 +101,12 @@ def _english(p: Problem) -> tuple[str, str]:
         a, b = p.numbers
         question = f"{name} has {a} boxes with {b} {noun} in each box. How many {noun} does {name} have?"
         return question, f"{a} × {b} = {p.answer_number}. The answer is {p.answer_number}."
-    parts = [f"{name} has {p.numbers[0]} {noun}."]
-    steps, value = [], p.numbers[0]
-    for op, n in zip(p.ops, p.numbers[1:]):
-        parts.append(_EN_STEP[op].format(who=pronoun, n=n).capitalize() + ".")
-        new = _apply(value, op, n)
-        steps.append(f"{value} {_SYMBOL[op]} {n} = {new}.")
-        value = new
+    steps = _steps(p)
+    parts = [f"{name} has {p.numbers[0]} {noun}."] + [_EN_STEP[op].format(who=pronoun, n=n).capitalize() + "."
+                                                      for op, n, _, _ in steps]
     question = " ".join(parts) + f" How many {noun} does {name} have now?"
-    return question, " ".join(steps) + f" The answer is {value}."
+    work = " ".join(f"{old} {_SYMBOL[op]} {n} = {new}." for op, n, old, new in steps)
+    return question, work + f" The answer is {p.answer_number}."
 
 
 def _japanese(p: Problem) -> tuple[str, str]:
@@ -109,15 +116,12 @@ def _japanese(p: Problem) -> tuple[str, str]:
         a, b = p.numbers
         question = f"{name}は{noun}が{b}{counter}ずつ入った箱を{a}箱持っています。{noun}は全部で何{counter}ですか？"
         return question, f"{a} × {b} = {p.answer_number}です。答えは{p.answer_number}です。"
-    parts = [f"{name}は{noun}を{p.numbers[0]}{counter}持っています。"]
-    steps, value = [], p.numbers[0]
-    for op, n in zip(p.ops, p.numbers[1:]):
-        parts.append(_JA_STEP[op].format(n=n, c=counter) + "。")
-        new = _apply(value, op, n)
-        steps.append(f"{value} {_SYMBOL[op]} {n} = {new}です。")
-        value = new
+    steps = _steps(p)
+    parts = [f"{name}は{noun}を{p.numbers[0]}{counter}持っています。"] + [_JA_STEP[op].format(n=n, c=counter) + "。"
+                                                                for op, n, _, _ in steps]
     question = "".join(parts) + f"{noun}は今何{counter}ありますか？"
-    return question, "".join(steps) + f"答えは{value}です。"
+    work = "".join(f"{old} {_SYMBOL[op]} {n} = {new}です。" for op, n, old, new in steps)
+    return question, work + f"答えは{p.answer_number}です。"
 
 
 def problems(seed: int, n: int, kinds: tuple[str, ...] = KINDS) -> list[Problem]:
