@@ -1,7 +1,7 @@
 """JSDXL (stabilityai/japanese-stable-diffusion-xl) -> a plain `StableDiffusionXLPipeline` folder.
 
-The published repo loads through remote code (`trust_remote_code=True`), which evomm never
-enables. Only two of its parts are code, and neither holds weights:
+The published repo loads only through transformers' remote-code option, which evomm never
+turns on. Only two of its parts are code, and neither holds weights:
 
 - `pipeline_japanese_stable_diffusion_xl.py` (`JapaneseStableDiffusionXLPipeline`, named by
   `model_index.json`): an SDXL pipeline with ONE text encoder. Its `encode_prompt` takes
