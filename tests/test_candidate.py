@@ -109,14 +109,17 @@ def test_groups_share_parameters_and_extreme_densities():
         torch.testing.assert_close(target["emb"], base + (m0 - base) * (0.6 if method == "dare_linear" else 1.0), atol=ATOL, rtol=0)
 
 
-def test_ties_threshold_lookup_equals_kthvalue():
+def test_ties_kept_counts_follow_the_magnitudes():
+    # mergekit's order keeps exactly k; keep_all keeps every |x| >= the k-th largest (kthvalue)
     models = _models(n=2, seed=5)
     target = {k: torch.empty(s) for k, s in SHAPES.items()}
     mat = _materializer("ties", models, target, compile=False)
     slot = mat._slots["layers.0.w"]
     delta = models["m1"]["layers.0.w"] - models["base"]["layers.0.w"]
     for density in (0.01, 0.3, 0.5, 0.99):
-        assert mat._threshold(slot, 1, density) == M.magnitude_threshold(delta, density)
+        threshold = M.magnitude_threshold(delta, density)
+        assert mat._kept(slot, 1, density, "keep_all") == int((delta.abs() >= threshold).sum())
+        assert mat._kept(slot, 1, density, "mergekit") == M.top_k_count(density, delta.numel())
 
 
 def test_dare_candidates_rebuild_exactly_from_their_seed():

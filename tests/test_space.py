@@ -61,7 +61,7 @@ def _fresh_copy(dest: Path) -> Path:
 def test_the_space_starts_from_a_fresh_copy_and_answers(tmp_path):
     from gradio_client import Client, handle_file
 
-    from evomm.demo.browser import free_port
+    from evomm.demo.browser import free_port, stop_process
 
     repo = _fresh_copy(tmp_path / "space")
     port = free_port()
@@ -95,9 +95,5 @@ def test_the_space_starts_from_a_fresh_copy_and_answers(tmp_path):
         record = next(r for r in records if r["question"] == question and r["image"].endswith(image.name))
         assert merged.strip().startswith(record["answer"].split("。")[0] + "。"), (merged, record["answer"])
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process)
         log.close()

@@ -28,6 +28,18 @@ def adapter_for_names(names: list[str], config: dict | None = None, label: str =
     )
 
 
+def checkpoint_layers(path) -> int:
+    """Layer groups of a checkpoint folder or file, counted from its tensor names (decoder
+    layers, SDXL blocks): configs may leave `num_hidden_layers` at its default, names cannot."""
+    from evomm.io.sources import open_source
+
+    source = open_source(path)
+    try:
+        return int(getattr(adapter_for(source), "num_layers", 0))
+    finally:
+        source.close()
+
+
 def adapter_for(source) -> Adapter:
     """The adapter for an opened `evomm.io.TensorSource`."""
     return adapter_for_names(source.keys(), source.config, label=source.name)
@@ -35,6 +47,6 @@ def adapter_for(source) -> Adapter:
 
 __all__ = [
     "Adapter", "ArchitectureError", "DecoderAdapter", "LAYOUTS", "LDM_PREFIX", "Layout",
-    "SDXLUNetAdapter", "Slot", "adapter_for", "adapter_for_names", "detect_layout", "diffusers_to_ldm_names",
+    "SDXLUNetAdapter", "Slot", "adapter_for", "adapter_for_names", "checkpoint_layers", "detect_layout", "diffusers_to_ldm_names",
     "ldm_to_diffusers",
 ]

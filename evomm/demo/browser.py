@@ -83,14 +83,19 @@ def demo_server(args: list[str], env: dict[str, str] | None = None, timeout_s: f
             time.sleep(0.5)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         if log_path:
             log.close()
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """Terminate a server process; kill it if it has not ended within 15 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @contextmanager

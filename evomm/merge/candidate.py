@@ -373,15 +373,6 @@ class CandidateMaterializer:
         threshold = sorted_abs[slot.numel - M.top_k_count(density, slot.numel)]
         return slot.numel - int(torch.searchsorted(sorted_abs, threshold.reshape(1), right=False))
 
-    def _threshold(self, slot: _Merged, model: int, density: float) -> float:
-        """The k-th largest |task vector| of `model` (keep |x| >= it), from the sorted magnitudes."""
-        if density >= 1 or slot.numel == 0:
-            return 0.0
-        if density <= 0:
-            return math.inf
-        k = M.top_k_count(density, slot.numel)
-        return float(slot.sorted_abs[model][slot.numel - k])
-
     def _dare_bits(self, slot: _Merged, tensor_seed: int, n: int) -> list[Tensor]:
         """Each merged model's 16-bit DARE random values for this tensor (int16).
 

@@ -188,12 +188,6 @@ def eager_slerp(out: Tensor, a: Tensor, b: Tensor, c_a: float, c_b: float, *, ch
         torch.mul(_f32(a, s, e, scratch, "in"), c_a, out=out[s:e]).add_(_f32(b, s, e, scratch, "in"), alpha=c_b)
 
 
-def _below(value: float) -> float:
-    """The largest float32 below `value`: hardshrink keeps |x| > it, i.e. |x| >= value."""
-    v = torch.tensor(value, dtype=torch.float32)
-    return float(torch.nextafter(v, torch.zeros_like(v)))
-
-
 def _eager_elect(out: Tensor, base: Tensor, xs: list[Tensor], weights: Sequence[float], lam: float,
                  normalize: bool, scratch: Scratch) -> None:
     """TIES's sign election on one chunk with float ops only (see `_fused_elect`).

@@ -262,24 +262,17 @@ def source_depth(model: Any) -> int:
     if config is not None:
         return int(config.get_text_config(decoder=True).num_hidden_layers)
     # counted from the checkpoint's tensor names: configs may leave num_hidden_layers at its
-    # default (llava-hf's LLaVA-1.6 text_config does), so it need not be written down
-    from evomm.adapters import adapter_for
+    # default (llava-hf's LLaVA-1.6 text_config does)
+    from evomm.adapters import checkpoint_layers
     from evomm.errors import EvommError
-    from evomm.io import open_source
 
     path = Path(str(model))
     if not (path / "config.json").is_file():
         raise ConfigError(f"dfs: {model}: no config.json (a DFS source must be a transformers checkpoint folder)")
     try:
-        source = open_source(path)
+        depth = checkpoint_layers(path)
     except EvommError as exc:
         raise ConfigError(f"dfs: {model}: {exc}") from None
-    try:
-        depth = getattr(adapter_for(source), "num_layers", 0)
-    except EvommError as exc:
-        raise ConfigError(f"dfs: {model}: {exc}") from None
-    finally:
-        source.close()
     if not depth:
         raise ConfigError(f"dfs: {model}: no decoder layers (layers.N tensors) in the checkpoint")
     return int(depth)

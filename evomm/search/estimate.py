@@ -7,7 +7,7 @@ configs and safetensors headers: a 7B recipe is estimated in a second, without i
 The memory model follows what the evaluators hold (evomm.search.candidates):
 - PS: the candidate model in the fitness dtype, plus the merge state per merged element in
   that dtype: base + one task vector per merged model (TIES adds each model's sorted
-  magnitudes; DARE each model's int16 random values; linear keeps the sources, SLERP both
+  magnitudes and int32 keep order; DARE each model's int16 random values; linear keeps the sources, SLERP both
   ends). The state sits with the model on the evaluator's device, or in host RAM with
   `merge_device: cpu` (then the merged tensors also have a host copy).
 - DFS: every source in the fitness dtype on the device (any layer may be on the next path).
@@ -110,8 +110,8 @@ def _state_per_element(method: str, n: int, size: int) -> int:
         return n * size
     if method == "slerp":
         return 2 * size
-    if method == "ties":
-        return (1 + 2 * n) * size
+    if method == "ties":  # + sorted magnitudes per model, and mergekit's keep order (int32)
+        return (1 + 2 * n) * size + 4 * n
     if method.startswith("dare"):
         return (1 + n) * size + 2 * n
     return (1 + n) * size  # task arithmetic

@@ -47,14 +47,9 @@ def resolve_model(ref: str, sources: dict[str, str]) -> str:
 
 def count_layers(path: str) -> int:
     """Layer groups of a checkpoint, as the adapter sees them (decoder layers, SDXL blocks)."""
-    from evomm.adapters import adapter_for
-    from evomm.io.sources import open_source
+    from evomm.adapters import checkpoint_layers
 
-    source = open_source(path)
-    try:
-        return int(adapter_for(source).num_layers)
-    finally:
-        source.close()
+    return checkpoint_layers(path)
 
 
 def build_space(space_cfg: PSSpaceConfig | DFSSpaceConfig, sources: dict[str, str], seed: int) -> Any:
