@@ -13,14 +13,17 @@ from evomm.zoo import SHIPPED_ZOO as SHIPPED
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
-    build = sub.add_parser("build", help="train the zoo from scratch (about 20-30 min on one CPU thread)")
+    build = sub.add_parser("build", help="train a zoo from scratch (the VLM zoo: about 20-30 min on one CPU "
+                                         "thread; the math zoo: about 15 min on two)")
+    build.add_argument("--world", choices=("vlm", "math"), default="vlm",
+                       help="vlm: the toy EvoVLM-JP zoo (assets/zoo); math: the toy EvoLLM-JP zoo (assets/math_zoo)")
     build.add_argument("--out", default=None,
-                       help="output directory (default: the shipped zoo, assets/zoo; required with --small)")
+                       help="output directory (default: the shipped zoo of the world; required with --small)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--num-threads", type=int, default=1)
     build.add_argument("--small", action="store_true", help="a seconds-long shrunken zoo (for tests)")
     check = sub.add_parser("check", help="verify a zoo's files against its hashes.json")
-    check.add_argument("--zoo", default=str(SHIPPED))
+    check.add_argument("--zoo", default=str(SHIPPED), help="zoo directory (e.g. assets/math_zoo)")
 
 
 def check_zoo(zoo: str | Path) -> list[str]:
@@ -54,11 +57,18 @@ def _run(args: argparse.Namespace) -> int:
             print(problem)
         print(f"zoo {args.zoo}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
         return 0 if not problems else 1
-    from evomm.zoo.build import ZooConfig, build_zoo
-
     if args.small and args.out is None:
         raise ConfigError("--small needs --out DIR (it must not replace the shipped zoo)")
-    cfg = ZooConfig.small(args.seed) if args.small else ZooConfig(seed=args.seed)
-    out = build_zoo(args.out or SHIPPED, cfg, num_threads=args.num_threads)
+    if args.world == "math":
+        from evomm.zoo_math import SHIPPED_MATH_ZOO
+        from evomm.zoo_math.build import MathZooConfig, build_math_zoo
+
+        cfg = MathZooConfig.small(args.seed) if args.small else MathZooConfig(seed=args.seed)
+        out = build_math_zoo(args.out or SHIPPED_MATH_ZOO, cfg, num_threads=args.num_threads)
+    else:
+        from evomm.zoo.build import ZooConfig, build_zoo
+
+        cfg = ZooConfig.small(args.seed) if args.small else ZooConfig(seed=args.seed)
+        out = build_zoo(args.out or SHIPPED, cfg, num_threads=args.num_threads)
     print(f"zoo written to {out}")
     return 0

@@ -10,7 +10,10 @@ and the concatenation is repeated r times, giving T = M·r *slots*. A candidate 
   `scaling="layer_pair"` is the paper's M×M table, restricted to the pairs a path can
   contain (i < j in concatenation order when r = 1; all pairs when r ≥ 2);
   `scaling="source_pair"` is a coarse S×S table over source models (S = number of sources);
-  `scaling="none"` keeps every scale at 1. W entries are searched as log2(scale) in
+  `scaling="none"` keeps every scale at 1. A step from layer l to layer l + 1 of the same
+  source is the wiring that source was trained with and stays unscaled (scale 1) unless
+  `scale_own_order=True`: otherwise every perturbation of W also damages the stretches of the
+  path that copy a source, starting with the initial path (see docs/dfs.md, "Why DFS failed"). W entries are searched as log2(scale) in
   [-scale_range, scale_range] (so scale ∈ [2^-range, 2^range], 1 at 0): multiplicative
   changes up and down are symmetric for CMA-ES.
 
@@ -63,6 +66,7 @@ class DFSSpace:
         init_margin: float = 0.5,
         embed_source: int = 0,
         head_source: int | None = None,
+        scale_own_order: bool = False,
     ) -> None:
         self.num_layers = [int(n) for n in num_layers]
         if not self.num_layers or any(n < 1 for n in self.num_layers):
@@ -91,6 +95,7 @@ class DFSSpace:
         self.init_margin = float(init_margin)
         self.embed_source = int(embed_source)
         self.head_source = int(head_source)
+        self.scale_own_order = bool(scale_own_order)
 
         # one concatenated layer sequence: global index g -> (source, layer)
         self._layers = [(s, l) for s, n in enumerate(self.num_layers) for l in range(n)]
@@ -231,11 +236,17 @@ class DFSSpace:
             return [(a, b) for a in range(n) for b in range(n)]
         m = self.total_layers
         if self.repeats == 1:  # the path only moves forward through one sequence
-            return [(i, j) for i in range(m) for j in range(i + 1, m)]
-        return [(i, j) for i in range(m) for j in range(m)]
+            pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]
+        else:
+            pairs = [(i, j) for i in range(m) for j in range(m)]
+        return [(i, j) for i, j in pairs if self.scale_own_order or not self._own_order(i, j)]
+
+    def _own_order(self, g_prev: int, g_cur: int) -> bool:
+        """Layer l to layer l + 1 of the same source: the wiring the source was trained with."""
+        return g_cur == g_prev + 1 and self._layers[g_prev][0] == self._layers[g_cur][0]
 
     def _pair_key(self, g_prev: int, g_cur: int) -> tuple[int, int] | None:
-        if self.scaling == "none":
+        if self.scaling == "none" or (not self.scale_own_order and self._own_order(g_prev, g_cur)):
             return None
         if self.scaling == "source_pair":
             return self._layers[g_prev][0], self._layers[g_cur][0]

@@ -17,8 +17,11 @@ SPECIAL_TOKENS = [PAD, BOS, EOS, UNK, IMAGE]  # ids 0..4, matching the model con
 JAPANESE_CHAR = r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]"
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 512):
-    """Train the BPE tokenizer and wrap it as a `PreTrainedTokenizerFast` (adds <s> in front)."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, split_digits: bool = False):
+    """Train the BPE tokenizer and wrap it as a `PreTrainedTokenizerFast` (adds <s> in front).
+
+    `split_digits` makes every digit its own token (as Llama/Mistral do), so arithmetic sees
+    the digits of a number rather than an opaque number token."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from tokenizers import processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -30,6 +33,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512):
             pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
             pre_tokenizers.Split(Regex(JAPANESE_CHAR), behavior="isolated"),
             pre_tokenizers.Punctuation(behavior="isolated"),
+            *([pre_tokenizers.Digits(individual_digits=True)] if split_digits else []),
         ]
     )
     tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")

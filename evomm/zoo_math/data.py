@@ -2,7 +2,8 @@
 
 Every problem exists in both languages (the same story, names, objects and numbers), so a
 shared base can be pretrained on parallel text, and the specialists on one language each.
-Kinds: `add`, `sub`, `mul` (one operation) and `multi` (two or three, left to right). Answers
+Kinds: `add`, `sub`, `mul` (one operation) and `multi` (two or three additions and
+subtractions, left to right, values at most 40). Answers
 reason one operation per sentence and end with the number, as Sakana's MGSM scoring expects:
 
   EN  Taro has 3 apples. He buys 5 more. ... -> "3 + 5 = 8. The answer is 8."
@@ -61,14 +62,14 @@ def make_problem(rng: random.Random, kind: str, index: int) -> Problem:
         ops, numbers = ("-",), (a, rng.randint(1, a - 1))
     elif kind == "mul":
         ops, numbers = ("*",), (rng.randint(2, 9), rng.randint(2, 9))
-    else:  # two or three operations, left to right, never below zero
-        value = rng.randint(2, 9)
+    else:  # two or three additions/subtractions, left to right, never below zero, at most 40
+        value = rng.randint(2, 20)
         numbers, op_list = [value], []
         for _ in range(rng.choice((2, 3))):
-            op = rng.choice("+-*")
-            if op == "-" and value < 2:
-                op = "+"
-            n = rng.randint(2, 9) if op == "*" else rng.randint(1, value - 1) if op == "-" else rng.randint(1, 12)
+            op = rng.choice("+-")
+            if op == "-" and value < 2 or op == "+" and value > 30:
+                op = "+" if op == "-" else "-"
+            n = rng.randint(1, value - 1) if op == "-" else rng.randint(1, min(12, 40 - value))
             numbers.append(n)
             op_list.append(op)
             value = _apply(value, op, n)
@@ -154,3 +155,12 @@ def split_problems(seed: int, sizes: dict[str, int]) -> dict[str, list[Problem]]
 
 def as_dict(problem: Problem) -> dict:
     return asdict(problem)
+
+
+def write_split(path, items: list[Problem], lang: str = "ja") -> None:
+    """One JSONL row per problem in `lang` (`question`, `answer`, `answer_number`, `kind`, ...)."""
+    import json
+    from pathlib import Path
+
+    rows = [r for p in items for r in p.records() if r["lang"] == lang]
+    Path(path).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")

@@ -1,0 +1,69 @@
+"""The toy EvoLLM-JP zoo build: atomic, deterministic, and what the pipeline expects on disk."""
+
+import json
+
+import pytest
+
+from evomm.cli import main
+from evomm.zoo_math.build import SOURCES, MathZooConfig, base_corpus, build_math_zoo, expression, qa_corpus
+from evomm.zoo_math.data import problems
+
+
+@pytest.fixture(scope="module")
+def small_zoo(tmp_path_factory):
+    return build_math_zoo(tmp_path_factory.mktemp("mz") / "zoo", MathZooConfig.small(), log=lambda *_: None)
+
+
+def test_small_build_writes_every_source_and_the_held_out_splits(small_zoo):
+    from transformers import AutoTokenizer, MistralForCausalLM
+
+    for name in SOURCES:
+        model = MistralForCausalLM.from_pretrained(small_zoo / name)
+        assert model.config.num_hidden_layers == 2 and model.dtype.is_floating_point
+        assert AutoTokenizer.from_pretrained(small_zoo / name).tokenize("12 + 9 = 21")[:4] == ["▁", "1", "2", "▁+"]
+    for split, n in (("fitness", 8), ("test", 8)):
+        rows = [json.loads(line) for line in (small_zoo / "data" / f"{split}.jsonl").read_text().splitlines()]
+        assert len(rows) == n and {r["lang"] for r in rows} == {"ja"}
+        assert all({"question", "answer", "answer_number", "kind"} <= set(r) for r in rows)
+    info = json.loads((small_zoo / "build_info.json").read_text())
+    assert set(info["final_losses"]) == set(SOURCES)
+    assert not [p for p in small_zoo.parent.iterdir() if p.name.startswith(".")]  # no temporary left
+    assert main(["zoo", "check", "--zoo", str(small_zoo)]) == 0
+
+
+def test_build_is_deterministic(small_zoo, tmp_path):
+    again = build_math_zoo(tmp_path / "zoo", MathZooConfig.small(), log=lambda *_: None)
+    assert json.loads((again / "hashes.json").read_text()) == json.loads((small_zoo / "hashes.json").read_text())
+
+
+def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
+    import evomm.zoo_math.build as B
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(B.T, "train_decoder", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        build_math_zoo(tmp_path / "zoo", MathZooConfig.small(), log=lambda *_: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corpora_split_the_skills_between_the_sources():
+    import random
+
+    items = problems(0, 200)
+    base = base_corpus(items, random.Random(0))
+    # the base answers English additions only, and writes expressions for both languages
+    answered = [ex for ex in base if ex.target.endswith(".") and "The answer is" in ex.target]
+    assert answered and all("+" in ex.target and "-" not in ex.target.split("The answer")[0] for ex in answered)
+    assert sum(ex.target == expression(items[1]) for ex in base) == 2
+    japanese = qa_corpus(items, "ja", ("add",))
+    assert japanese and all("答えは" in ex.target and "+" in ex.target for ex in japanese)
+    assert all("The answer is" in ex.target for ex in qa_corpus(items, "en", ("mul",)))
+    assert expression(next(p for p in items if p.kind == "mul")).count("×") == 1
+
+
+def test_zoo_command_builds_the_math_world(tmp_path):
+    assert main(["zoo", "build", "--world", "math", "--small", "--out", str(tmp_path / "z")]) == 0
+    assert (tmp_path / "z" / "math_b" / "model.safetensors").is_file()
+    assert main(["zoo", "build", "--world", "math", "--small"]) == 2  # never over the shipped zoo
