@@ -23,11 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_one(config_path: Path, stage: str, optimizer: str, seed: int, out: Path) -> dict:
+def run_one(config_path: Path, stage: str, optimizer: str, seed: int, out: Path, overrides: list[str]) -> dict:
     from evomm.search.config import load_config
     from evomm.search.stages import run_all
 
-    config = load_config(config_path, [f"seed={seed}", f"optimizer.name={optimizer}"])
+    config = load_config(config_path, [f"seed={seed}", f"optimizer.name={optimizer}", *overrides])
     config.stages = [s for s in config.stages if s.name == stage]
     if not config.stages:
         raise SystemExit(f"no stage {stage!r} in {config_path}")
@@ -66,17 +66,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--optimizers", nargs="+", default=["cmaes", "cmaes_margin"])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "dfs_optimizers")
     parser.add_argument("--n-test", type=int, default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override applied to every run (as `evomm evolve --set`)")
+    parser.add_argument("--no-held-out", action="store_true",
+                        help="report the fitness only (worlds other than the toy math zoo)")
     args = parser.parse_args(argv)
 
     rows = []
     for optimizer in args.optimizers:
         for seed in args.seeds:
             out = args.out / f"{optimizer}_s{seed}"
-            run = run_one(args.config, args.stage, optimizer, seed, out)
-            dataset = Path(run["dataset"])
-            if not dataset.is_absolute():
-                dataset = Path(run["config_dir"]) / dataset
-            test = held_out(run["model"], dataset, args.n_test)
+            run = run_one(args.config, args.stage, optimizer, seed, out, args.overrides)
+            test = {"acc": float("nan"), "acc_ja": float("nan")}
+            if not args.no_held_out:
+                dataset = Path(run["dataset"])
+                if not dataset.is_absolute():
+                    dataset = Path(run["config_dir"]) / dataset
+                test = held_out(run["model"], dataset, args.n_test)
             rows.append({"optimizer": optimizer, "seed": seed, **run, **test})
             print(f"{optimizer} seed {seed}: fitness {run['best_fitness']:.1f} after {run['evaluations']} "
                   f"evaluations ({run['seconds']:.0f}s); held-out acc_ja {test['acc_ja']:.1f}, acc {test['acc']:.1f}",

@@ -19,7 +19,7 @@ def test_small_build_writes_every_source_and_the_held_out_splits(small_zoo):
 
     for name in SOURCES:
         model = MistralForCausalLM.from_pretrained(small_zoo / name)
-        assert model.config.num_hidden_layers == 2 and model.dtype.is_floating_point
+        assert model.config.num_hidden_layers == 4 and model.dtype.is_floating_point
         assert AutoTokenizer.from_pretrained(small_zoo / name).tokenize("12 + 9 = 21")[:4] == ["▁", "1", "2", "▁+"]
     for split, n in (("fitness", 8), ("test", 8)):
         rows = [json.loads(line) for line in (small_zoo / "data" / f"{split}.jsonl").read_text().splitlines()]
@@ -51,16 +51,34 @@ def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
 def test_corpora_split_the_skills_between_the_sources():
     import random
 
+    from evomm.zoo_math.build import expression_pairs, trainable_layers
+
     items = problems(0, 200)
     base = base_corpus(items, random.Random(0))
-    # the base answers English additions only, and writes expressions for both languages
-    answered = [ex for ex in base if ex.target.endswith(".") and "The answer is" in ex.target]
-    assert answered and all("+" in ex.target and "-" not in ex.target.split("The answer")[0] for ex in answered)
-    assert sum(ex.target == expression(items[1]) for ex in base) == 2
+    # the base never sees a worded answer: translations and bare arithmetic facts only
+    assert not [ex for ex in base if "answer" in ex.target or "答え" in ex.target]
+    assert sum(ex.prompt == "" for ex in base) == 2 * len(items)
+    pairs = expression_pairs(items)
+    assert all(en.target == ja.target == expression(p) for (en, ja), p in zip(pairs, items))
+    assert pairs[0][1].prompt.startswith("USER: ") and "ASSISTANT:" in pairs[0][1].prompt
     japanese = qa_corpus(items, "ja", ("add",))
     assert japanese and all("答えは" in ex.target and "+" in ex.target for ex in japanese)
     assert all("The answer is" in ex.target for ex in qa_corpus(items, "en", ("mul",)))
     assert expression(next(p for p in items if p.kind == "mul")).count("×") == 1
+    # language at the ends (and the embeddings/head), computing in the middle
+    assert trainable_layers("japanese_lm", 8) == ([0, 1, 6, 7], True)
+    assert trainable_layers("math_a", 8) == ([2, 3, 4, 5], False) == trainable_layers("math_b", 8)
+
+
+def test_specialists_change_only_their_layers(small_zoo):
+    from safetensors.torch import load_file
+
+    base = load_file(small_zoo / "base" / "model.safetensors")
+    for name, moved in (("japanese_lm", {"layers.0.", "layers.3.", "embed", "model.norm", "lm_head"}),
+                        ("math_a", {"layers.1.", "layers.2."})):
+        tuned = load_file(small_zoo / name / "model.safetensors")
+        changed = {k for k in base if not (tuned[k] == base[k]).all()}
+        assert changed and all(any(m in k for m in moved) for k in changed), (name, sorted(changed)[:3])
 
 
 def test_zoo_command_builds_the_math_world(tmp_path):

@@ -260,7 +260,7 @@ def train_vlm(vlm, base, tokenizer, examples, images, steps, lr, batch, seed, de
             t_ids, t_labels, t_mask = encode(tokenizer, [Example(ex.teacher_prompt, ex.target) for ex in chosen])
             with torch.no_grad():
                 teacher = base(input_ids=t_ids, attention_mask=t_mask, output_hidden_states=True)
-            loss = loss + align_weight * _suffix_alignment(out.hidden_states, labels, teacher.hidden_states,
+            loss = loss + align_weight * suffix_alignment(out.hidden_states, labels, teacher.hidden_states,
                                                            t_labels, input_ids, t_ids, tokenizer)
         return loss
 
@@ -271,7 +271,7 @@ def train_vlm(vlm, base, tokenizer, examples, images, steps, lr, batch, seed, de
     return losses
 
 
-def _suffix_alignment(student_h, s_labels, teacher_h, t_labels, s_ids, t_ids, tokenizer) -> torch.Tensor:
+def suffix_alignment(student_h, s_labels, teacher_h, t_labels, s_ids, t_ids, tokenizer) -> torch.Tensor:
     """MSE between hidden states on the shared suffix (question tail + answer) of both prompts.
 
     Both sequences end with the same question and answer tokens; they are aligned from the
