@@ -20,7 +20,7 @@ def test_small_build_writes_every_source_and_the_held_out_splits(small_zoo):
     for name in SOURCES:
         model = MistralForCausalLM.from_pretrained(small_zoo / name)
         assert model.config.num_hidden_layers == 4 and model.dtype.is_floating_point
-        assert AutoTokenizer.from_pretrained(small_zoo / name).tokenize("12 + 9 = 21")[:4] == ["▁", "1", "2", "▁+"]
+        assert AutoTokenizer.from_pretrained(small_zoo / name).tokenize("12 + 9 = 21")[:3] == ["▁", "1", "2"]
     for split, n in (("fitness", 8), ("test", 8)):
         rows = [json.loads(line) for line in (small_zoo / "data" / f"{split}.jsonl").read_text().splitlines()]
         assert len(rows) == n and {r["lang"] for r in rows} == {"ja"}
@@ -33,7 +33,9 @@ def test_small_build_writes_every_source_and_the_held_out_splits(small_zoo):
 
 def test_build_is_deterministic(small_zoo, tmp_path):
     again = build_math_zoo(tmp_path / "zoo", MathZooConfig.small(), log=lambda *_: None)
-    assert json.loads((again / "hashes.json").read_text()) == json.loads((small_zoo / "hashes.json").read_text())
+    first, second = (json.loads((z / "hashes.json").read_text()) for z in (small_zoo, again))
+    first.pop("build_info.json"), second.pop("build_info.json")  # it records the stage timings
+    assert first == second and any(name.endswith(".safetensors") for name in first)
 
 
 def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
@@ -85,3 +87,38 @@ def test_zoo_command_builds_the_math_world(tmp_path):
     assert main(["zoo", "build", "--world", "math", "--small", "--out", str(tmp_path / "z")]) == 0
     assert (tmp_path / "z" / "math_b" / "model.safetensors").is_file()
     assert main(["zoo", "build", "--world", "math", "--small"]) == 2  # never over the shipped zoo
+
+
+# -- the shipped zoo (assets/math_zoo) -------------------------------------------------------
+
+
+def test_shipped_math_zoo_matches_its_hashes_and_is_small():
+    from evomm.commands.zoo import check_zoo
+    from evomm.zoo_math import SHIPPED_MATH_ZOO
+
+    assert check_zoo(SHIPPED_MATH_ZOO) == []
+    assert sum(p.stat().st_size for p in SHIPPED_MATH_ZOO.rglob("*.safetensors")) <= 8 * 2**20
+
+
+def test_shipped_sources_play_their_roles():
+    """The Japanese LM answers Japanese questions in Japanese; math_b multiplies English problems
+    right and answers them in English (its Japanese is the merge's job)."""
+    import torch
+    from transformers import AutoTokenizer, MistralForCausalLM
+
+    from evomm.metrics.language import ScriptLanguageDetector
+    from evomm.zoo_math import SHIPPED_MATH_ZOO as ZOO
+    from evomm.zoo_math.data import split_problems
+    from evomm.zoo_math.evaluate import evaluate_model, read_split
+
+    tokenizer = AutoTokenizer.from_pretrained(ZOO / "base")
+    detector = ScriptLanguageDetector()
+    ja_rows = read_split(ZOO / "data" / "test.jsonl")[:16]
+    japanese = MistralForCausalLM.from_pretrained(ZOO / "japanese_lm", dtype=torch.float32)
+    _, answers = evaluate_model(japanese, tokenizer, ja_rows, max_new_tokens=40)
+    assert sum(detector.is_japanese(a) for a in answers) >= 15
+    test = split_problems(0, {"train": 6000, "fitness": 200, "test": 400})["test"]
+    en_mul = [r for p in test if p.kind == "mul" for r in p.records() if r["lang"] == "en"][:16]
+    math_b = MistralForCausalLM.from_pretrained(ZOO / "math_b", dtype=torch.float32)
+    scores, answers = evaluate_model(math_b, tokenizer, en_mul, max_new_tokens=24)
+    assert scores["acc"] >= 90.0 and not any(detector.is_japanese(a) for a in answers)
