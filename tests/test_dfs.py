@@ -295,16 +295,15 @@ def test_space_follows_protocol_and_bounds():
     space = DFSSpace([4, 4], ["a", "b"], repeats=2, max_length=6)
     assert isinstance(space, SearchSpace)
     assert space.num_slots == 16
-    # r >= 2: every layer pair can follow another, except l -> l + 1 of one source (its own
-    # wiring, unscaled: 3 such steps in each 4-layer source)
-    assert space.dim == 16 + 8 * 8 - 2 * 3
-    assert DFSSpace([4, 4], repeats=2, scale_own_order=True).dim == 16 + 8 * 8
+    assert space.dim == 16 + 8 * 8  # r >= 2: every layer pair can follow another
+    # a source's own wiring (l -> l + 1: 3 steps in each 4-layer source) may be left unscaled
+    assert DFSSpace([4, 4], repeats=2, scale_own_order=False).dim == 16 + 8 * 8 - 2 * 3
     assert len(space.labels()) == space.dim and len(set(space.labels())) == space.dim
     x0 = space.initial()
     assert x0.shape == (space.dim,)
     assert np.all(space.lower <= x0) and np.all(x0 <= space.upper)
     assert np.all(space.lower[:16] == -1) and np.all(space.upper[16:] == 1.0)
-    assert DFSSpace([4, 4], repeats=1).dim == 8 + 8 * 7 // 2 - 2 * 3  # r = 1: only forward pairs
+    assert DFSSpace([4, 4], repeats=1).dim == 8 + 8 * 7 // 2  # r = 1: only forward pairs
     assert DFSSpace([4, 4], scaling="source_pair").dim == 16 + 4
     assert DFSSpace([4, 4], scaling="none").dim == 16
 
@@ -320,17 +319,17 @@ def test_initial_point_decodes_to_identity_path(init_source):
 
 
 @pytest.mark.parametrize("scaling", ["source_pair", "layer_pair"])
-def test_a_sources_own_wiring_is_never_scaled(scaling):
+def test_a_sources_own_wiring_can_be_left_unscaled(scaling):
     """Perturbing W must not touch stretches of the path that copy a source (the initial path
     above all): only hand-overs between sources, skips and repeats carry a scale."""
-    space = DFSSpace([4, 4], ["a", "b"], repeats=2, scaling=scaling, max_length=16)
+    space = DFSSpace([4, 4], ["a", "b"], repeats=2, scaling=scaling, max_length=16, scale_own_order=False)
     x = space.encode([[0, 0], [0, 1], [1, 1], [1, 2], [0, 0], [0, 3]])
     x[space.num_slots:] = 0.7  # every W entry at 2^0.7
     spec = space.decode(x)
     assert spec["scales"] == pytest.approx([1.0, 1.0, 2 ** 0.7, 1.0, 2 ** 0.7, 2 ** 0.7])
     assert space.decode(space.initial() + np.r_[np.zeros(space.num_slots), np.full(space.dim - space.num_slots, 0.9)])[
         "scales"] == [1.0] * 4
-    old = DFSSpace([4, 4], ["a", "b"], repeats=2, scaling=scaling, max_length=16, scale_own_order=True)
+    old = DFSSpace([4, 4], ["a", "b"], repeats=2, scaling=scaling, max_length=16)  # the default: W everywhere
     y = old.encode([[0, 0], [0, 1]])
     y[old.num_slots:] = 0.7
     assert old.decode(y)["scales"] == pytest.approx([1.0, 2 ** 0.7])

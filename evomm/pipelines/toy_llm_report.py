@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from evomm.errors import ConfigError
+from evomm.pipelines.report_common import bar_chart, cell, first_of_each, read_report_options
 from evomm.search.run import atomic_write_text
 
 MODEL_ORDER = ("japanese_lm", "math_a", "math_b", "best_uniform", "ps", "dfs", "ps_dfs")
@@ -64,14 +65,7 @@ class ReportOptions(BaseModel):
 
 
 def report_options(config) -> ReportOptions:
-    try:
-        opts = ReportOptions.model_validate(dict((config.extras or {}).get("report") or {}))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"extras.report{'.' + loc if loc else ''}: {err['msg']}") from None
-    if config.config_dir and not Path(opts.dataset).is_absolute():
-        opts.dataset = str((Path(config.config_dir) / opts.dataset).resolve())
+    opts = read_report_options(config, ReportOptions)
     for name in [opts.base, *opts.sources.values()]:
         if name not in config.sources:
             raise ConfigError(f"extras.report: {name!r} is not one of sources {sorted(config.sources)}")
@@ -201,10 +195,10 @@ def render_report(config, payload: dict[str, Any], test: Sequence[dict], answers
     ]
     if examples:
         lines += ["## Example answers", ""]
-        for i in _example_rows(test, examples):
+        for i in first_of_each(test, "kind", examples):
             lines += [f"**{test[i].get('kind', '')}**: {test[i]['question']}", "", "| model | answer |", "|---|---|",
                       f"| reference | {test[i].get('answer', test[i]['answer_number'])} |"]
-            lines += [f"| `{name}` | {_cell(answers[name][i])} |" for name in _ordered(answers)]
+            lines += [f"| `{name}` | {cell(answers[name][i])} |" for name in _ordered(answers)]
             lines.append("")
     lines += ["## Evolution", "", "Fitness per generation, and the best genome (for DFS: the layer path, "
               "one marker per layer, coloured by source, with the scale on each hand-over).", ""]
@@ -215,39 +209,7 @@ def render_report(config, payload: dict[str, Any], test: Sequence[dict], answers
     return "\n".join(lines)
 
 
-def _example_rows(rows: Sequence[dict], n: int) -> list[int]:
-    picked, seen = [], set()
-    for i, row in enumerate(rows):
-        if row.get("kind") not in seen:
-            seen.add(row.get("kind"))
-            picked.append(i)
-    return picked[:n]
-
-
-def _cell(text: str) -> str:
-    return (text or "(empty)").replace("|", "\\|").replace("\n", " ")
-
-
 def plot_scores(models: dict[str, dict[str, Any]], path: Path) -> Path:
     """Bars: acc and acc_ja per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    names = list(models)
-    x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.4))
-    ax.bar(x - 0.2, [models[n]["acc"] for n in names], 0.4, label="acc %")
-    ax.bar(x + 0.2, [models[n]["acc_ja"] for n in names], 0.4, label="acc_ja % (Japanese answers)")
-    ax.set_xticks(x, names, rotation=20)
-    ax.set_ylim(0, 100)
-    ax.set_title("held-out Japanese word problems")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return bar_chart(models, [("acc", "acc %"), ("acc_ja", "acc_ja % (Japanese answers)")], path,
+                     "held-out Japanese word problems")

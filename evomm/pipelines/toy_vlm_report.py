@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from evomm.errors import ConfigError
+from evomm.pipelines.report_common import bar_chart, cell, first_of_each, read_report_options
 from evomm.models.vlm import format_question
 from evomm.search.fitness_vqa import (
     AnswerScorer, PromptVLMGenerator, DEFAULT_PROMPT, load_processor, load_records,
@@ -72,15 +73,7 @@ class ReportOptions(BaseModel):
 
 
 def report_options(config) -> ReportOptions:
-    raw = dict((config.extras or {}).get("report") or {})
-    try:
-        opts = ReportOptions.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"extras.report{'.' + loc if loc else ''}: {err['msg']}") from None
-    if config.config_dir and not Path(opts.dataset).is_absolute():
-        opts.dataset = str((Path(config.config_dir) / opts.dataset).resolve())
+    opts = read_report_options(config, ReportOptions)
     for key in ("vlm", "lm", "base"):
         if getattr(opts, key) not in config.sources:
             raise ConfigError(f"extras.report.{key}: {getattr(opts, key)!r} is not one of sources {sorted(config.sources)}")
@@ -269,7 +262,7 @@ def render_report(config, payload: dict[str, Any], test: Sequence[dict], answers
             lines += [f"**{row.get('type', '')}**: {row['question']} — image `{row['image']}`", "",
                       f"![]({_rel(row['image_path'], run_dir)})", "", "| model | answer |", "|---|---|",
                       f"| reference | {row['answer']} |"]
-            lines += [f"| `{name}` | {_cell(answers[name][row_index])} |" for name in _ordered(answers)]
+            lines += [f"| `{name}` | {cell(answers[name][row_index])} |" for name in _ordered(answers)]
             lines.append("")
     lines += ["## Evolution", ""]
     for name in payload["stages"]:
@@ -281,16 +274,8 @@ def render_report(config, payload: dict[str, Any], test: Sequence[dict], answers
 
 def _example_rows(rows: Sequence[dict], n: int) -> list[int]:
     """The first row of each question type, then more in order, up to n."""
-    picked, seen = [], set()
-    for i, row in enumerate(rows):
-        if row.get("type") not in seen:
-            seen.add(row.get("type"))
-            picked.append(i)
-    return picked[:n]
+    return first_of_each(rows, "type", n)
 
-
-def _cell(text: str) -> str:
-    return (text or "(empty)").replace("|", "\\|").replace("\n", " ")
 
 
 def _rel(path: str, start: Path) -> str:
@@ -304,24 +289,4 @@ def _rel(path: str, start: Path) -> str:
 
 def plot_scores(models: dict[str, dict[str, Any]], path: Path) -> Path:
     """Bars: key-word accuracy and ROUGE-L per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    names = list(models)
-    x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.4))
-    ax.bar(x - 0.2, [models[n].get("keyword_acc", 0) for n in names], 0.4, label="key-word acc. %")
-    ax.bar(x + 0.2, [models[n]["rougeL"] for n in names], 0.4, label="ROUGE-L")
-    ax.set_xticks(x, names, rotation=20)
-    ax.set_ylim(0, 100)
-    ax.set_title("held-out Japanese VQA")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return bar_chart(models, [("keyword_acc", "key-word acc. %"), ("rougeL", "ROUGE-L")], path, "held-out Japanese VQA")

@@ -10,10 +10,11 @@ and the concatenation is repeated r times, giving T = M·r *slots*. A candidate 
   `scaling="layer_pair"` is the paper's M×M table, restricted to the pairs a path can
   contain (i < j in concatenation order when r = 1; all pairs when r ≥ 2);
   `scaling="source_pair"` is a coarse S×S table over source models (S = number of sources);
-  `scaling="none"` keeps every scale at 1. A step from layer l to layer l + 1 of the same
-  source is the wiring that source was trained with and stays unscaled (scale 1) unless
-  `scale_own_order=True`: otherwise every perturbation of W also damages the stretches of the
-  path that copy a source, starting with the initial path (see docs/dfs.md, "Why DFS failed"). W entries are searched as log2(scale) in
+  `scaling="none"` keeps every scale at 1. `scale_own_order=False` leaves a step from layer l
+  to layer l + 1 of the same source (the wiring that source was trained with) unscaled, so a
+  perturbation of W cannot damage the stretches of a path that copy a source, the initial path
+  above all. Measured, it did not help (docs/evolve.md, "DFS: what was tried"), so the default
+  keeps the paper's W on every step. W entries are searched as log2(scale) in
   [-scale_range, scale_range] (so scale ∈ [2^-range, 2^range], 1 at 0): multiplicative
   changes up and down are symmetric for CMA-ES.
 
@@ -66,7 +67,7 @@ class DFSSpace:
         init_margin: float = 0.5,
         embed_source: int = 0,
         head_source: int | None = None,
-        scale_own_order: bool = False,
+        scale_own_order: bool = True,
     ) -> None:
         self.num_layers = [int(n) for n in num_layers]
         if not self.num_layers or any(n < 1 for n in self.num_layers):

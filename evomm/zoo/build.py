@@ -110,14 +110,7 @@ def build_zoo(out_dir: str | Path, cfg: ZooConfig | None = None, num_threads: in
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     losses: dict[str, list[float]] = {}
-    timer = time.perf_counter()
-
-    def stage(name: str) -> None:
-        nonlocal timer
-        now = time.perf_counter()
-        cfg.stage_seconds[name] = round(now - timer, 1)
-        log(f"[zoo] {name}: {now - timer:.0f}s")
-        timer = now
+    stage = StageClock(cfg.stage_seconds, log, "zoo")
 
     try:
         sizes = {"train": cfg.train_items, "fitness": cfg.fitness_items, "test": cfg.test_items}
@@ -195,6 +188,20 @@ def build_zoo(out_dir: str | Path, cfg: ZooConfig | None = None, num_threads: in
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+class StageClock:
+    """Seconds per build stage: `clock("base")` logs and records the time since the last call."""
+
+    def __init__(self, record: dict, log, label: str) -> None:
+        self.record, self.log, self.label = record, log, label
+        self.last = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.record[name] = round(now - self.last, 1)
+        self.log(f"[{self.label}] {name}: {now - self.last:.0f}s")
+        self.last = now
 
 
 def _save_lm(model, tokenizer, path: Path) -> None:

@@ -24,16 +24,13 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
-import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from evomm.zoo import train as T
-from evomm.zoo.build import hash_tree
+from evomm.zoo.build import StageClock, hash_tree
 from evomm.zoo.tokenizer import train_tokenizer
 from evomm.zoo_math import data as D
 
@@ -186,22 +183,13 @@ def build_math_zoo(out_dir: str | Path, cfg: MathZooConfig | None = None, num_th
     """Train every model of the math zoo and write it to `out_dir` atomically."""
     from transformers import MistralForCausalLM
 
+    from evomm.io.outdir import atomic_output_dir
+
     cfg = cfg or MathZooConfig()
     torch.set_num_threads(num_threads)
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     losses: dict[str, list[float]] = {}
-    timer = time.perf_counter()
-
-    def stage(name: str) -> None:
-        nonlocal timer
-        now = time.perf_counter()
-        cfg.stage_seconds[name] = round(now - timer, 1)
-        log(f"[math zoo] {name}: {now - timer:.0f}s")
-        timer = now
-
-    try:
+    stage = StageClock(cfg.stage_seconds, log, "math zoo")
+    with atomic_output_dir(out_dir, overwrite=True) as tmp:
         splits = D.split_problems(cfg.seed, {"train": cfg.train_items, "fitness": cfg.fitness_items,
                                              "test": cfg.test_items})
         (tmp / "data").mkdir(parents=True)
@@ -226,12 +214,7 @@ def build_math_zoo(out_dir: str | Path, cfg: MathZooConfig | None = None, num_th
                 "final_losses": {k: sum(v[-50:]) / max(1, len(v[-50:])) for k, v in losses.items()}}
         (tmp / "build_info.json").write_text(json.dumps(info, indent=1, ensure_ascii=False))
         (tmp / "hashes.json").write_text(json.dumps(hash_tree(tmp), indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    out = Path(out_dir)
     return out
 
 
