@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from evomm.errors import ConfigError
 from evomm.pipelines.report_common import bar_chart, cell, first_of_each, read_report_options
 from evomm.search.run import atomic_write_text
+from evomm.zoo_math.build import TEMPLATE
 
 MODEL_ORDER = ("japanese_lm", "math_a", "math_b", "best_uniform", "ps", "dfs", "ps_dfs")
 LABELS = {
@@ -54,7 +55,7 @@ class ReportOptions(BaseModel):
     sources: dict[str, str] = Field(default_factory=lambda: {"japanese_lm": "ja", "math_a": "math_a",
                                                                 "math_b": "math_b"},
                                     description="report name -> source name, in task-vector order")
-    template: str = "USER: {input} ASSISTANT:"
+    template: str = TEMPLATE
     n_test: int | None = Field(None, ge=1)
     n_fitness: int | None = Field(None, ge=1)
     max_new_tokens: int = Field(64, ge=1)
@@ -87,7 +88,7 @@ def write_report(config, run_dir: str | Path, results: dict[str, dict[str, Any]]
     import evomm.models.dfs  # noqa: F401 - registers the DFS config so DFS checkpoints load
     from evomm.search.candidates import CandidateModel
     from evomm.search.fitness_math import sample_problems
-    from evomm.zoo_math.evaluate import read_split, score
+    from evomm.zoo_math.evaluate import answer as answer_rows, read_split, score
 
     run_dir = Path(run_dir)
     opts = report_options(config)
@@ -104,10 +105,8 @@ def write_report(config, run_dir: str | Path, results: dict[str, dict[str, Any]]
     seconds: dict[str, float] = {}
 
     def answer(model, rows) -> list[str]:
-        from evomm.models.textgen import TextGenerator
-
-        return TextGenerator(model.eval(), tokenizer, template=opts.template, max_new_tokens=opts.max_new_tokens,
-                             batch_size=opts.batch_size).generate([r["question"] for r in rows])
+        return answer_rows(model, tokenizer, rows, max_new_tokens=opts.max_new_tokens,
+                           batch_size=opts.batch_size, template=opts.template)
 
     def timed(name: str, fn) -> None:
         start = time.perf_counter()

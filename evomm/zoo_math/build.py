@@ -3,20 +3,20 @@
 The zoo imitates how EvoLLM-JP's parents came to be, at toy scale (all `MistralForCausalLM`,
 8 decoder layers, fine-tuned from one shared base):
 
-- **base** (Mistral-7B): bilingual pretraining on parallel text. It translates questions
-  between English and Japanese, writes the *expression* a question asks for in either language
-  (`11 + 10 - 18`: reading, language-neutral), drills arithmetic facts (`12 + 9 = 21`, `7 × 5 = 35`:
-  computing, language-neutral) and answers English addition problems. It never saw a Japanese
-  answer, nor a word problem that subtracts or multiplies.
-- **japanese_lm** (shisa-gamma): base + Japanese addition problems with Japanese step-by-step
-  answers (`2 + 9 = 11です。答えは11です。`). It writes Japanese but only adds.
-- **math_a** (WizardMath): base + English subtraction and multi-step problems, long training.
-- **math_b** (Abel): base + English multiplication problems, long training.
+- **base** (Mistral-7B): bilingual pretraining. It translates questions between English and
+  Japanese, drills arithmetic facts (`12 + 9 = 21`, `7 × 5 = 35`), and writes the *expression*
+  a question asks for (`11 + 10 - 18`) in either language, each Japanese row aligned to its
+  English twin (`train_base`). It never sees a worded answer.
+- **japanese_lm** (shisa-gamma): base + Japanese problems of all kinds with Japanese answers,
+  tuning only the outer layers, embeddings and head: it reads and writes Japanese but computes
+  with the base's middle layers, badly.
+- **math_a** (WizardMath): base + English subtraction and multi-step problems (middle layers).
+- **math_b** (Abel): base + English multiplication problems (middle layers).
 
 Held-out Japanese problems of all four kinds (`data/{fitness,test}.jsonl`) are what the merge
 is scored on: a merge that reads Japanese, computes like the math LMs and answers in Japanese
-can solve every kind; each source alone solves at most one or two, and the math LMs answer in
-English. `build_math_zoo(out_dir, cfg)` writes everything into a temporary directory and renames
+could solve every kind; the math LMs answer in English. In this zoo no merge does yet
+(docs/toy_math_zoo.md). `build_math_zoo(out_dir, cfg)` writes everything into a temporary directory and renames
 it into place when done (like `evomm.zoo.build`).
 """
 
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from evomm.zoo import train as T
-from evomm.zoo.build import StageClock, hash_tree
+from evomm.zoo.build import StageClock, hash_tree, text_config
 from evomm.zoo.tokenizer import train_tokenizer
 from evomm.zoo_math import data as D
 
@@ -165,17 +165,6 @@ def tokenizer_corpus(items: list[D.Problem]) -> list[str]:
         for lang in ("en", "ja"):
             texts += list(p.text(lang))
     return texts
-
-
-def text_config(cfg: MathZooConfig, vocab_size: int):
-    from transformers import MistralConfig
-
-    return MistralConfig(
-        vocab_size=vocab_size, hidden_size=cfg.hidden, intermediate_size=cfg.hidden * 3,
-        num_hidden_layers=cfg.layers, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=cfg.hidden // 4, max_position_embeddings=256, sliding_window=None,
-        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0, rope_theta=10000.0,
-    )
 
 
 def build_math_zoo(out_dir: str | Path, cfg: MathZooConfig | None = None, num_threads: int = 1,

@@ -18,10 +18,10 @@ def read_split(path: str | Path) -> list[dict[str, Any]]:
 
 
 def answer(model, tokenizer, rows: list[dict[str, Any]], *, max_new_tokens: int = 48,
-           batch_size: int = 100) -> list[str]:
+           batch_size: int = 100, template: str = TEMPLATE) -> list[str]:
     from evomm.models.textgen import TextGenerator
 
-    generator = TextGenerator(model, tokenizer, template=TEMPLATE, max_new_tokens=max_new_tokens,
+    generator = TextGenerator(model.eval(), tokenizer, template=template, max_new_tokens=max_new_tokens,
                               batch_size=batch_size)
     return generator.generate([r["question"] for r in rows])
 
