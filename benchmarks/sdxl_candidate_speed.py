@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 def main(argv: list[str] | None = None) -> int:
     from evomm.search.config import load_config
-    from evomm.search.fitness import build_evaluator
+    from evomm.fitness.registry import build_evaluator
     from evomm.search.stages import build_space, fitness_context
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

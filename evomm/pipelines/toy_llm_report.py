@@ -87,7 +87,7 @@ def write_report(config, run_dir: str | Path, results: dict[str, dict[str, Any]]
 
     import evomm.models.dfs  # noqa: F401 - registers the DFS config so DFS checkpoints load
     from evomm.search.candidates import CandidateModel
-    from evomm.search.fitness_math import sample_problems
+    from evomm.fitness.math_accuracy_ja import sample_problems
     from evomm.zoo_math.evaluate import answer as answer_rows, read_split, score
 
     run_dir = Path(run_dir)

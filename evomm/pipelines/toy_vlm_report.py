@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from evomm.errors import ConfigError
 from evomm.pipelines.report_common import bar_chart, cell, first_of_each, read_report_options
 from evomm.models.vlm import format_question
-from evomm.search.fitness_vqa import (
+from evomm.fitness.vqa_rouge_ja import (
     AnswerScorer, PromptVLMGenerator, DEFAULT_PROMPT, load_processor, load_records,
     sample_records,
 )

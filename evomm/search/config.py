@@ -42,12 +42,13 @@ class _Strict(BaseModel):
 class FitnessConfig(_Strict):
     """Which fitness function scores a candidate, and on what data."""
 
-    metric: str = Field(description="name in the fitness registry (evomm.search.fitness)")
+    metric: str = Field(description="name in the fitness registry (evomm.fitness)")
     dataset: str | None = Field(None, description="dataset path the metric reads")
     split: str | None = Field(None, description="split of the dataset used for fitness")
     n_samples: int | None = Field(None, ge=1, description="number of examples scored per candidate")
     generation: dict[str, Any] = Field(default_factory=dict, description="generation settings (max_new_tokens, ...)")
     options: dict[str, Any] = Field(default_factory=dict, description="metric-specific options")
+    tasks: list[Any] | None = Field(None, description="lm_eval: [{name, weight, metric}] as mergekit-evolve writes them")
 
 
 class OptimizerConfig(_Strict):
@@ -87,6 +88,9 @@ class PSSpaceConfig(_Strict):
     weight_bounds: tuple[float, float] = (0.0, 1.0)
     density_min: float = Field(0.05, gt=0, le=1)
     initial_values: dict[str, float] = Field(default_factory=dict)
+    smooth: bool = Field(False, description="one value per group, interpolated between groups (mergekit-evolve's smooth)")
+    last_group_filters: list[str] = Field(default_factory=list,
+                                          description="tensors outside the layers that take the last group's values")
     parameters: dict[str, Any] = Field(default_factory=dict, description="fixed recipe-level parameters")
     dtype: str | None = None
     evomm: dict[str, Any] = Field(default_factory=dict, description="recipe `evomm:` section (keep_from, ...)")

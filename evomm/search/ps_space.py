@@ -22,7 +22,10 @@ genome, and any candidate can be rebuilt exactly from its recipe.
 
 `decode` expands the groups into per-layer gradient lists of length `num_layers`, so that under
 mergekit's gradient interpolation every layer gets exactly its group's value and the recipe
-means the same in `evomm merge` and in mergekit.
+means the same in `evomm merge` and in mergekit. With `smooth` it writes one value per group
+instead, and mergekit's interpolation runs between the groups (mergekit-evolve's `smooth: true`).
+`last_group_filters` names tensors outside the layer stack (e.g. the final norm and the head)
+that take the *last* group's values rather than the first's, as mergekit-evolve's slices do.
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ class PSSpace:
     dtype: str | None = None
     seed: int = 0
     evomm_options: dict[str, Any] = field(default_factory=dict)
+    smooth: bool = False
+    last_group_filters: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.method not in METHOD_PARAMETERS:
@@ -187,9 +192,17 @@ class PSSpace:
             if g is None:
                 settings[key].append({"filter": flt, "value": float(value)})
                 continue
+            if self.smooth:  # one anchor per group; mergekit interpolates between them
+                per_layer.setdefault((param, model, flt), [0.0] * len(self.groups))[g] = float(value)
+                continue
             layers = per_layer.setdefault((param, model, flt), [0.0] * self.num_layers)
             for layer in self.groups[g]:
                 layers[layer] = float(value)
+        for (param, model), entries in settings.items():
+            for name in self.last_group_filters:
+                flt = next((f for f in self.filters if f in name), REST)
+                if (param, model, flt) in per_layer:
+                    entries.append({"filter": name, "value": per_layer[(param, model, flt)][-1]})
         for (param, model, flt), layers in per_layer.items():
             entry: dict[str, Any] = {"value": layers} if flt == REST else {"filter": flt, "value": layers}
             settings[(param, model)].append(entry)

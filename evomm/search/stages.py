@@ -24,7 +24,7 @@ import yaml
 from evomm.errors import ConfigError, SearchError
 from evomm.search.backends import make_backend
 from evomm.search.config import STAGE_REF, DFSSpaceConfig, EvolveConfig, PSSpaceConfig, StageConfig
-from evomm.search.fitness import FitnessContext, build_evaluator, get_fitness
+from evomm.fitness.registry import FitnessContext, build_evaluator, get_fitness
 from evomm.search.optimizer import make_optimizer
 from evomm.search.run import SearchResult, SearchRun, atomic_write_text
 
@@ -72,6 +72,8 @@ def build_space(space_cfg: PSSpaceConfig | DFSSpaceConfig, sources: dict[str, st
             weight_bounds=tuple(space_cfg.weight_bounds),
             density_min=space_cfg.density_min,
             initial_values=space_cfg.initial_values,
+            smooth=space_cfg.smooth,
+            last_group_filters=space_cfg.last_group_filters,
             fixed_parameters=space_cfg.parameters,
             dtype=space_cfg.dtype,
             seed=seed,
@@ -104,7 +106,7 @@ def fitness_context(config: EvolveConfig, stage: StageConfig, sources: dict[str,
         split=fit.split,
         n_samples=fit.n_samples,
         generation=dict(fit.generation),
-        options=dict(fit.options),
+        options={**fit.options, **({"tasks": list(fit.tasks)} if fit.tasks else {})},
         architecture=config.architecture,
         device=config.device,
         num_threads=config.num_threads,

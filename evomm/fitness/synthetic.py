@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from evomm.errors import ConfigError
-from evomm.search.fitness import FitnessContext, register_fitness
+from evomm.fitness.registry import FitnessContext, register_fitness
 
 
 class SyntheticTargetEvaluator:

@@ -15,14 +15,13 @@ every correct answer, `acc_ja` (Sakana's strict variant) only those written in J
 
 from __future__ import annotations
 
-import random
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from evomm.errors import ConfigError
-from evomm.search.fitness import FitnessContext, register_fitness
+from evomm.fitness.common import config_relative, seeded_indices, tokenizer_path
+from evomm.fitness.registry import FitnessContext, register_fitness
 
 OBJECTIVES = ("acc", "acc_ja")
 
@@ -65,20 +64,7 @@ class MathEvaluator:
 
 def sample_problems(rows: list[dict[str, Any]], n: int | None, seed: int) -> list[dict[str, Any]]:
     """The same seeded subset for every candidate (file order kept)."""
-    if n is None or n >= len(rows):
-        return list(rows)
-    keep = sorted(random.Random(seed).sample(range(len(rows)), n))
-    return [rows[i] for i in keep]
-
-
-def _tokenizer_path(ctx: FitnessContext) -> str:
-    name = ctx.options.get("tokenizer")
-    if name:
-        return ctx.sources.get(str(name), str(name))
-    models = list(ctx.space.get("models") or [])
-    if not models:
-        raise ConfigError("fitness.options.tokenizer: name the model whose tokenizer reads the problems")
-    return str(models[0])
+    return [rows[i] for i in seeded_indices(len(rows), n, seed)]
 
 
 @register_fitness("math_accuracy_ja")
@@ -89,13 +75,11 @@ def math_accuracy_ja(ctx: FitnessContext) -> MathEvaluator:
 
     if not ctx.dataset:
         raise ConfigError("fitness.dataset: math_accuracy_ja needs problems (mgsm_ja.tsv or a JSONL file/folder)")
-    dataset = Path(ctx.dataset)
-    if not dataset.is_absolute() and ctx.config_dir and (Path(ctx.config_dir) / dataset).exists():
-        dataset = Path(ctx.config_dir) / dataset
+    dataset = config_relative(ctx.dataset, ctx)
     if dataset.is_dir() and ctx.split and (dataset / f"{ctx.split}.jsonl").is_file():
         dataset = dataset / f"{ctx.split}.jsonl"
     rows = sample_problems(load_mgsm(dataset), ctx.n_samples, int(ctx.options.get("sample_seed", ctx.seed)))
-    tokenizer = AutoTokenizer.from_pretrained(_tokenizer_path(ctx), trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path(ctx), trust_remote_code=False)
     dtype = getattr(torch, str(ctx.options.get("dtype", "float32")))
     return MathEvaluator(rows, tokenizer, objective=str(ctx.options.get("objective", "acc_ja")),
                          options=dict(ctx.options), generation=ctx.generation, device=ctx.device, dtype=dtype)

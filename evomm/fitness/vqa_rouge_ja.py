@@ -36,7 +36,7 @@ import torch
 
 from evomm.errors import ConfigError, DatasetError
 from evomm.models.vlm import VLMGenerator
-from evomm.search.fitness import FitnessContext, register_fitness
+from evomm.fitness.registry import FitnessContext, register_fitness
 
 OBJECTIVES = ("rougeL", "rougeL_strict", "keyword", "rougeL+keyword")
 DEFAULT_PROMPT = "USER: {image} {question} ASSISTANT:"

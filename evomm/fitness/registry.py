@@ -92,8 +92,9 @@ def build_evaluator(ctx: FitnessContext) -> Evaluator:
 
 
 # built-in fitness functions register themselves on import
-register_provider("synthetic_target", "evomm.search.synthetic")
-register_provider("synthetic_logits", "evomm.search.synthetic")
-register_provider("sdxl_clip_score", "evomm.search.fitness_sdxl")
-register_provider("vqa_rouge_ja", "evomm.search.fitness_vqa")
-register_provider("math_accuracy_ja", "evomm.search.fitness_math")
+register_provider("synthetic_target", "evomm.fitness.synthetic")
+register_provider("synthetic_logits", "evomm.fitness.synthetic")
+register_provider("sdxl_clip_score", "evomm.fitness.sdxl_clip_score")
+register_provider("vqa_rouge_ja", "evomm.fitness.vqa_rouge_ja")
+register_provider("math_accuracy_ja", "evomm.fitness.math_accuracy_ja")
+register_provider("lm_eval", "evomm.fitness.lm_eval_harness")
