@@ -28,9 +28,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from evomm.testing.merge_examples import (make_llm_family, make_unet_family, make_vlm,
-                                              save_single_file_unet)
-    from evomm.testing.tiny import tiny_sdxl_unet
+    from testkit.merge_examples import (make_llm_family, make_unet_family, make_vlm,
+                                        save_single_file_unet)
+    from testkit.tiny import tiny_sdxl_unet
 
     torch.set_num_threads(args.num_threads)
     out = args.out

@@ -20,13 +20,17 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testkit/ (not installed)
+
 
 def build_models(layers: int, hidden: int, vocab: int, seed: int = 0):
-    from evomm.testing.tiny import tiny_mistral_config
+    from testkit.tiny import tiny_mistral_config
     from transformers import MistralForCausalLM
 
     config = tiny_mistral_config(vocab_size=vocab, num_layers=layers, hidden=hidden)

@@ -22,11 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 import zlib
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testkit/ (not installed)
 
 GiB = 1024**3
 
@@ -72,7 +76,7 @@ def sdxl_config(scale: str) -> dict:
                     addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816, use_linear_projection=True,
                     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
-    from evomm.testing.tiny import tiny_sdxl_unet_config
+    from testkit.tiny import tiny_sdxl_unet_config
 
     return tiny_sdxl_unet_config()
 

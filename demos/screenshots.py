@@ -3,7 +3,7 @@
     python demos/screenshots.py [--out docs/screenshots] [app flags...]
 
 Without app flags the app serves what `python demos/app.py` would (the shipped toy zoo and
-runs); missing parts are replaced by the tiny stand-ins of `evomm.demo.fixtures`.
+runs); missing parts are replaced by the tiny stand-ins of `testkit.demo_fixtures`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evomm.demo import browser  # noqa: E402
 from evomm.demo.config import REPO_ROOT, config_from  # noqa: E402
-from evomm.demo.fixtures import example_image, fabricate_run, tiny_sdxl_pipelines, tiny_vlm_pair  # noqa: E402
+from testkit import browser  # noqa: E402
+from testkit.demo_fixtures import example_image, fabricate_run, tiny_sdxl_pipelines, tiny_vlm_pair  # noqa: E402
 
 QUESTION = "この図形は何色ですか？"
 PROMPT = "青い丸"

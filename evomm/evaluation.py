@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evomm.data import VQADataset, load_benchmark
 from evomm.errors import ConfigError, EvommError
@@ -40,14 +40,13 @@ class BenchmarkSpec(BaseModel):
 
 
 class ModelSpec(BaseModel):
-    """A model from a path (HF dir or hub id), or a tiny test model built in memory."""
+    """A model from a path (HF dir or hub id)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    path: str | None = None
+    path: str
     processor: str | None = None
-    tiny_llava: dict[str, Any] | None = None
     template: str | None = None
     dtype: str = "float32"
     trust_remote_code: bool = False
@@ -55,12 +54,6 @@ class ModelSpec(BaseModel):
     # (their weights in LlavaForConditionalGeneration: one crop, no image_newline), see
     # evomm.models.vlm.IMAGE_MODES
     image_mode: Literal["tiling", "single_crop"] | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ModelSpec:
-        if (self.path is None) == (self.tiny_llava is None):
-            raise ValueError(f"model {self.name!r}: give exactly one of `path` or `tiny_llava`")
-        return self
 
 
 class GenerationSpec(BaseModel):
@@ -204,27 +197,14 @@ def _device(name: str) -> str:
 
 
 def build_generator(spec: ModelSpec, config: EvalConfig, base: Path | None):
-    from evomm.models.vlm import VLMGenerator, with_image_mode
+    from evomm.models.vlm import VLMGenerator
 
-    generation = config.generation.model_dump()
-    device = _device(config.device)
-    if spec.tiny_llava is not None:
-        from evomm.testing.tiny import tiny_llava
-        from evomm.testing.tiny_processor import tiny_processor
-
-        model = tiny_llava(**spec.tiny_llava)
-        processor = tiny_processor(model.config.text_config.vocab_size,
-                                   next_version=bool(spec.tiny_llava.get("next_version")))
-        model, processor = with_image_mode(model, processor, spec.image_mode,
-                                           where=f"model {spec.name!r}")
-        return VLMGenerator(model, processor, template=spec.template, generation=generation,
-                            device=device)
     return VLMGenerator.from_pretrained(
         resolve_path(spec.path, base),
         processor_path=resolve_path(spec.processor, base),
         template=spec.template,
-        generation=generation,
-        device=device,
+        generation=config.generation.model_dump(),
+        device=_device(config.device),
         dtype=spec.dtype,
         trust_remote_code=spec.trust_remote_code,
         image_mode=spec.image_mode,

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from evomm.testing.tiny import _perturb_
+from testkit.tiny import _perturb_
 
 HIDDEN, HEADS, KV_HEADS, LAYERS = 32, 4, 2, 32
 VOCAB_MISTRAL, VOCAB_LLAVA = 32000, 32064
@@ -124,7 +124,7 @@ def llava_processor(vocab_size: int = VOCAB_LLAVA, image_token_index: int = VOCA
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import LlavaNextImageProcessor, LlavaNextProcessor, PreTrainedTokenizerFast
 
-    from evomm.testing.tiny_processor import CHAT_TEMPLATE, IMAGE_TOKEN, SPECIAL_TOKENS, tiny_alphabet
+    from testkit.tiny_processor import CHAT_TEMPLATE, IMAGE_TOKEN, SPECIAL_TOKENS, tiny_alphabet
 
     chars = tiny_alphabet(len(tiny_alphabet_all()))
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
@@ -151,7 +151,7 @@ def llava_processor(vocab_size: int = VOCAB_LLAVA, image_token_index: int = VOCA
 
 
 def tiny_alphabet_all() -> list[str]:
-    from evomm.testing.tiny_processor import _ASCII, _JAPANESE
+    from testkit.tiny_processor import _ASCII, _JAPANESE
 
     return list(dict.fromkeys(_ASCII + _JAPANESE))
 

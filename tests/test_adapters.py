@@ -6,7 +6,7 @@ import pytest
 
 from evomm.adapters import Slot, adapter_for_names, diffusers_to_ldm_names
 from evomm.errors import ArchitectureError
-from evomm.testing.tiny import tiny_llava, tiny_mistral, tiny_sdxl_unet
+from testkit.tiny import tiny_llava, tiny_mistral, tiny_sdxl_unet
 
 
 @pytest.fixture(scope="module")

@@ -177,7 +177,7 @@ def test_routes_from_planner_tasks():
 
 
 def test_writes_a_model_in_place():
-    from evomm.testing.tiny import tiny_mistral
+    from testkit.tiny import tiny_mistral
 
     sources = {"base": tiny_mistral(0, 0, 0.0), "a": tiny_mistral(1, 0, 0.02), "b": tiny_mistral(2, 0, 0.02)}
     state = {ref: m.state_dict() for ref, m in sources.items()}

@@ -3,7 +3,7 @@
 Playwright drives Debian's Chromium headless (installed by scripts/install_browser.sh; this
 test fails, rather than skips, when it is missing) against `python demos/app.py` started on
 a free localhost port. Models: the shipped toy zoo when it is complete, else tiny stand-ins
-(`evomm.demo.fixtures`) whose vocabulary is Japanese.
+(`testkit.demo_fixtures`) whose vocabulary is Japanese.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import re
 
 import pytest
 
-from evomm.demo import browser
+from testkit import browser
 from evomm.demo.config import config_from
-from evomm.demo.fixtures import example_image, short_evolution, tiny_sdxl_pipelines, tiny_vlm_pair
+from testkit.demo_fixtures import example_image, short_evolution, tiny_sdxl_pipelines, tiny_vlm_pair
 from evomm.metrics.language import ScriptLanguageDetector
-from evomm.testing.toy_run import short_toy_run
+from testkit.toy_run import short_toy_run
 
 QUESTION = "この図形は何色ですか？"
 

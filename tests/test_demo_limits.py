@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from evomm.demo.config import DemoConfig, ModelRef, config_from
-from evomm.demo.fixtures import example_image, fabricate_run, tiny_vlm_pair
+from testkit.demo_fixtures import example_image, fabricate_run, tiny_vlm_pair
 from evomm.demo.handlers import DemoHandlers
 from evomm.demo.limits import DemoInputError, DemoLimits, check_float, check_int, check_prompt, open_image_upload
 from evomm.demo.paths import DemoPathError, resolve_within

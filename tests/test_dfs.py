@@ -12,7 +12,7 @@ from evomm.errors import DFSError
 from evomm.models.dfs import DFSForCausalLM, DFSModel, apply_spec, dfs_into_llava, save_dfs, scales_from_w
 from evomm.search.dfs_space import DFSSpace, build_space
 from evomm.search.space import SearchSpace
-from evomm.testing.tiny import tiny_llava, tiny_mistral
+from testkit.tiny import tiny_llava, tiny_mistral
 
 # a path deeper than either source, with repeated layers from both and non-trivial scales
 DEEP_PATH = [[0, 0], [0, 1], [1, 1], [1, 2], [0, 2], [1, 2], [0, 3], [1, 3], [0, 0], [0, 3]]
@@ -388,7 +388,7 @@ def test_source_pair_scaling_shares_one_scale_per_crossing():
 
 
 def test_space_reads_layer_counts_from_checkpoints(tmp_path):
-    from evomm.testing.tiny import save
+    from testkit.tiny import save
 
     llm = save(tiny_mistral(num_layers=3), tmp_path / "llm")
     vlm = save(tiny_llava(num_layers=4), tmp_path / "vlm")  # layers counted in its text_config
@@ -452,7 +452,7 @@ def test_unit_scale_dfs_exports_as_a_plain_decoder_with_a_slices_recipe(tmp_path
     from evomm.merge.execute import run_merge
     from evomm.merge.recipe import Recipe
     from evomm.search.export import save_dfs_model
-    from evomm.testing.tiny import save
+    from testkit.tiny import save
 
     paths = [str(save(m, tmp_path / name)) for m, name in ((tiny_mistral(seed=1, scale=0.05), "a"),
                                                              (tiny_mistral(seed=2, scale=0.05), "b"))]

@@ -29,8 +29,8 @@ from evomm.models.vlm import (
     single_crop_processor,
     with_image_mode,
 )
-from evomm.testing.tiny import tiny_llava
-from evomm.testing.tiny_processor import save_tiny_vlm, tiny_processor
+from testkit.tiny import tiny_llava
+from testkit.tiny_processor import EVAL_FIXTURE_ROOT, save_eval_fixture_models, save_tiny_vlm, tiny_processor
 from miniatures import _llava_hf_name, llava_next_mistral
 
 REPO = Path(__file__).parents[1]
@@ -154,9 +154,11 @@ def test_single_crop_processor_ignores_the_grid():
 
 def test_generation_settings_reach_generate(tmp_path):
     paper = load_config(CONFIGS / "ja_vg_vqa_500_paper.yaml")
+    saved = save_tiny_vlm(tiny_llava(seed=2, scale=0.05, next_version=True), tmp_path / "tiny-next",
+                          next_version=True)
     config = EvalConfig.model_validate({
         "benchmarks": [{"kind": "jsonl", "path": "unused"}],
-        "models": [{"name": "tiny-next", "tiny_llava": {"seed": 2, "scale": 0.05, "next_version": True},
+        "models": [{"name": "tiny-next", "path": str(saved),
                     "template": "ja-shisa-vqa", "image_mode": "single_crop"}],
         "generation": paper.generation.model_dump(),
     })
@@ -180,11 +182,16 @@ def test_generation_settings_reach_generate(tmp_path):
 
 def test_fixture_benchmarks_run_with_the_paper_settings(tmp_path, monkeypatch):
     """eval/configs/fixture.yaml with the paper preset's protocol (fewer new tokens: a random
-    tiny model seldom stops), a tiny LLaVA, a tiny LLaVA-NeXT in memory and one from disk."""
+    tiny model seldom stops): its tiny LLaVA and tiny LLaVA-NeXT, and one more LLaVA-NeXT."""
     from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 
     paper = load_config(CONFIGS / "ja_vg_vqa_500_paper.yaml")
     raw = yaml.safe_load((CONFIGS / "fixture.yaml").read_text(encoding="utf-8"))
+    # the shipped config reads what `python -m testkit.tiny_processor` writes; here, in tmp_path
+    fixture_models = save_eval_fixture_models(tmp_path / "fixture_models")
+    for model in raw["models"]:
+        assert (CONFIGS / model["path"]).resolve() == EVAL_FIXTURE_ROOT / model["name"]
+        model["path"] = str(fixture_models[model["name"]])
     saved = save_tiny_vlm(tiny_llava(seed=5, scale=0.05, next_version=True), tmp_path / "next",
                           next_version=True)
     raw["models"].append({"name": "tiny-llava-next-saved", "path": str(saved)})
@@ -236,12 +243,12 @@ def test_image_mode_errors(tmp_path):
     path.write_text(yaml.safe_dump(bad, allow_unicode=True), encoding="utf-8")
     with pytest.raises(ConfigError, match="generation.repetition_penalty"):
         load_config(path)
-    # tiling needs a LLaVA-NeXT checkpoint, in memory or on disk
-    config = EvalConfig.model_validate(raw | {"models": [
-        {"name": "plain", "tiny_llava": {"seed": 1}, "image_mode": "tiling"}]})
-    with pytest.raises(ConfigError, match="model 'plain': image_mode 'tiling' needs a LLaVA-NeXT"):
-        build_generator(config.models[0], config, None)
+    # tiling needs a LLaVA-NeXT checkpoint
     plain = save_tiny_vlm(tiny_llava(seed=1), tmp_path / "plain")
+    config = EvalConfig.model_validate(raw | {"models": [
+        {"name": "plain", "path": str(plain), "image_mode": "tiling"}]})
+    with pytest.raises(ConfigError, match="plain: image_mode 'tiling' needs a LLaVA-NeXT"):
+        build_generator(config.models[0], config, None)
     with pytest.raises(ConfigError, match="'tiling' needs a LLaVA-NeXT checkpoint"):
         VLMGenerator.from_pretrained(plain, image_mode="tiling")
     with pytest.raises(ConfigError, match="single-crop loading needs a LLaVA-NeXT"):

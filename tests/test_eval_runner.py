@@ -19,8 +19,8 @@ from evomm.evaluation import (
     score_answers,
 )
 from evomm.metrics import rouge_ja
-from evomm.testing.tiny import tiny_llava
-from evomm.testing.tiny_processor import save_tiny_vlm
+from testkit.tiny import tiny_llava
+from testkit.tiny_processor import save_tiny_vlm
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).parents[1]
@@ -43,9 +43,10 @@ def write_config(tmp_path: Path, models: list[dict], **extra) -> Path:
 
 
 def test_two_tiny_llava_models_end_to_end(tmp_path, capsys):
+    model_a = save_tiny_vlm(tiny_llava(seed=1, scale=0.05), tmp_path / "model-a")
     saved = save_tiny_vlm(tiny_llava(seed=7, scale=0.05), tmp_path / "model-b")
     config_path = write_config(tmp_path, [
-        {"name": "tiny-a", "tiny_llava": {"seed": 1, "scale": 0.05}},
+        {"name": "tiny-a", "path": str(model_a)},
         {"name": "tiny-b", "path": str(saved), "template": "ja-vqa"},
     ])
     out = tmp_path / "out"
@@ -92,14 +93,15 @@ def test_two_tiny_llava_models_end_to_end(tmp_path, capsys):
 
 
 def test_rerun_replaces_output_atomically(tmp_path):
-    config_path = write_config(tmp_path, [{"name": "tiny-a", "tiny_llava": {"seed": 1, "scale": 0.05}}])
+    model_a = save_tiny_vlm(tiny_llava(seed=1, scale=0.05), tmp_path / "model-a")
+    config_path = write_config(tmp_path, [{"name": "tiny-a", "path": str(model_a)}])
     out = tmp_path / "out"
     (out / "stale").mkdir(parents=True)
     report = run_evaluation(load_config(config_path), out_dir=out, log=lambda _m: None)
     assert not (out / "stale").exists() and (out / "table.md").exists()
     assert render_markdown(report) == (out / "table.md").read_text(encoding="utf-8")
     # a failing run (bad benchmark path) leaves the previous output untouched
-    bad = write_config(tmp_path, [{"name": "x", "tiny_llava": {}}])
+    bad = write_config(tmp_path, [{"name": "x", "path": str(model_a)}])
     data = yaml.safe_load(bad.read_text(encoding="utf-8"))
     data["benchmarks"][0]["path"] = str(tmp_path / "absent")
     bad.write_text(yaml.safe_dump(data), encoding="utf-8")
@@ -120,7 +122,7 @@ def test_oracle_and_english_generators_score_as_expected():
 def test_vqa_fitness_scores_in_memory_candidates():
     from evomm.evaluation import VQAFitness
     from evomm.models.vlm import VLMGenerator
-    from evomm.testing.tiny_processor import tiny_processor
+    from testkit.tiny_processor import tiny_processor
 
     dataset = load_jsonl(FIXTURES / "vqa_jsonl" / "data.jsonl")
     generator = VLMGenerator(tiny_llava(seed=1, scale=0.05), tiny_processor(),
@@ -144,11 +146,14 @@ def test_score_answers_keys_and_bootstrap():
 
 
 def test_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match="exactly one of `path` or `tiny_llava`"):
+    with pytest.raises(ConfigError, match=r"models\.0\.path: Field required"):
         load_config(write_config(tmp_path, [{"name": "x"}]))
+    # models come from a path only: no test models built inside the package
+    with pytest.raises(ConfigError, match=r"models\.0\.tiny_llava: Extra inputs are not permitted"):
+        load_config(write_config(tmp_path, [{"name": "x", "path": "m", "tiny_llava": {}}]))
     with pytest.raises(ConfigError, match="models"):
         load_config(write_config(tmp_path, []))
-    path = write_config(tmp_path, [{"name": "x", "tiny_llava": {}}], bogus=1)
+    path = write_config(tmp_path, [{"name": "x", "path": "m"}], bogus=1)
     with pytest.raises(ConfigError, match="bogus"):
         load_config(path)
     with pytest.raises(ConfigError, match="not found"):

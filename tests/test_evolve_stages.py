@@ -15,7 +15,7 @@ from evomm.search.config import parse_config
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    from evomm.testing.tiny import save, tiny_mistral
+    from testkit.tiny import save, tiny_mistral
 
     root = tmp_path_factory.mktemp("stages")
     return {
@@ -118,7 +118,7 @@ def test_llava_x_llm_ps_then_dfs_gives_a_loadable_vlm(zoo, tmp_path):
     from transformers import LlavaForConditionalGeneration
 
     import evomm.models.dfs  # noqa: F401 - registers the DFS config class with transformers
-    from evomm.testing.tiny import save, tiny_llava
+    from testkit.tiny import save, tiny_llava
 
     sources = {"base": zoo["base"], "ja": zoo["b"], "vlm": str(save(tiny_llava(seed=7, scale=0.02), tmp_path / "vlm"))}
     config = {

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from evomm.errors import CheckpointError, OutputExistsError, PickleRefusedError
 from evomm.io import PlannedTensor, ShardedWriter, atomic_output_dir, open_source, parse_size, resolve_model_path
-from evomm.testing.tiny import save, tiny_mistral, tiny_sdxl_unet
+from testkit.tiny import save, tiny_mistral, tiny_sdxl_unet
 
 
 @pytest.fixture(scope="module")

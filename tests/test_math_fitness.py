@@ -59,8 +59,8 @@ def test_prompt_and_stop_strings_are_sakanas():
 
 
 def _toy_llms(root: Path) -> dict[str, str]:
-    from evomm.testing.tiny import save, tiny_mistral
-    from evomm.testing.tiny_processor import tiny_tokenizer
+    from testkit.tiny import save, tiny_mistral
+    from testkit.tiny_processor import tiny_tokenizer
 
     out = {}
     for name, seed, scale in (("base", 0, 0.0), ("ja", 1, 0.05), ("math", 2, 0.05)):

@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file
 
 from evomm.cli import main
-from evomm.testing.merge_examples import (make_llm_family, make_unet_family, make_vlm,
-                                          save_single_file_unet)
-from evomm.testing.tiny import tiny_sdxl_unet
+from testkit.merge_examples import (make_llm_family, make_unet_family, make_vlm,
+                                    save_single_file_unet)
+from testkit.tiny import tiny_sdxl_unet
 
 
 @pytest.fixture(scope="module")

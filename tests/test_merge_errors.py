@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 from evomm.cli import main
 from evomm.errors import ConfigError
 from evomm.merge.recipe import Recipe
-from evomm.testing.merge_examples import make_llm_family, write_tokenizer
-from evomm.testing.tiny import save, tiny_mistral, tiny_sdxl_unet
+from testkit.merge_examples import make_llm_family, write_tokenizer
+from testkit.tiny import save, tiny_mistral, tiny_sdxl_unet
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_stacking_slices_is_refused_for_sdxl_unets(tmp_path):
     from evomm.errors import ConfigError
     from evomm.merge.execute import run_merge
     from evomm.merge.recipe import Recipe
-    from evomm.testing.tiny import save, tiny_sdxl_unet
+    from testkit.tiny import save, tiny_sdxl_unet
 
     a = save(tiny_sdxl_unet(seed=1, scale=0.01), tmp_path / "a" / "unet").parent
     b = save(tiny_sdxl_unet(seed=2, scale=0.01), tmp_path / "b" / "unet").parent

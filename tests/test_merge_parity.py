@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from evomm.merge.recipe import Recipe
 from evomm.merge.resolve import evaluate_setting
-from evomm.testing.merge_examples import make_llm_family
+from testkit.merge_examples import make_llm_family
 
 mergekit = pytest.importorskip("mergekit")
 

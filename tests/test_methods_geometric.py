@@ -373,7 +373,7 @@ def test_bad_parameters_and_model_counts_are_config_errors():
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
-    from evomm.testing.merge_examples import make_llm_family
+    from testkit.merge_examples import make_llm_family
 
     paths = make_llm_family(tmp_path_factory.mktemp("geo"), n_finetunes=3, tokenizer=False)
     return {k: str(v) for k, v in paths.items()}

@@ -372,7 +372,7 @@ def _recipe(name, base, a, b):
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
-    from evomm.testing.merge_examples import make_llm_family
+    from testkit.merge_examples import make_llm_family
 
     paths = make_llm_family(tmp_path_factory.mktemp("llm"), tokenizer=False)
     return {k: str(v) for k, v in paths.items()}

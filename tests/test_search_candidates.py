@@ -12,7 +12,7 @@ from evomm.search.ps_space import PSSpace
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    from evomm.testing.tiny import save, tiny_llava, tiny_mistral
+    from testkit.tiny import save, tiny_llava, tiny_mistral
 
     root = tmp_path_factory.mktemp("candidates")
     return {

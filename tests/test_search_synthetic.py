@@ -28,7 +28,7 @@ HIDDEN_B = [0.7, 0.3, 0.9, 0.4]
 def zoo(tmp_path_factory):
     from evomm.merge.execute import run_merge
     from evomm.merge.recipe import Recipe
-    from evomm.testing.tiny import save, tiny_mistral
+    from testkit.tiny import save, tiny_mistral
 
     root = tmp_path_factory.mktemp("synthetic")
     paths = {

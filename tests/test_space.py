@@ -61,7 +61,7 @@ def _fresh_copy(dest: Path) -> Path:
 def test_the_space_starts_from_a_fresh_copy_and_answers(tmp_path):
     from gradio_client import Client, handle_file
 
-    from evomm.demo.browser import free_port, stop_process
+    from testkit.browser import free_port, stop_process
 
     repo = _fresh_copy(tmp_path / "space")
     port = free_port()

@@ -19,7 +19,7 @@ import torch
 
 from evomm.cli import main
 from evomm.errors import ConfigError
-from evomm.testing.toy_run import short_toy_config
+from testkit.toy_run import short_toy_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = Path(os.environ.get("EVOMM_TOY_ZOO", ROOT / "assets" / "zoo"))

@@ -8,8 +8,8 @@ from PIL import Image
 
 from evomm.errors import ConfigError, EvommError
 from evomm.models.vlm import format_question, PROMPT_TEMPLATES, GenerationSettings, VLMGenerator
-from evomm.testing.tiny import tiny_llava
-from evomm.testing.tiny_processor import save_tiny_vlm, tiny_processor, tiny_tokenizer
+from testkit.tiny import tiny_llava
+from testkit.tiny_processor import save_tiny_vlm, tiny_processor, tiny_tokenizer
 
 IMAGES = [Image.new("RGB", (32, 32), c) for c in [(255, 0, 0), (0, 0, 255), (250, 250, 250)]]
 QUESTIONS = ["何色？", "この画像について説明してください。", "what is it?"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from evomm.testing.tiny import save, tiny_llava, tiny_mistral, tiny_sdxl_unet
+from testkit.tiny import save, tiny_llava, tiny_mistral, tiny_sdxl_unet
 
 
 def write_tokenizer(path: str | Path, vocab_size: int, prefix: str = "tok") -> Path:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from evomm.demo.config import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the repository: demos/app.py lives there
 
 CHROMIUM = Path(os.environ.get("EVOMM_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [

@@ -60,7 +60,7 @@ def tiny_llava_processor(vocab_size: int):
 
 def tiny_vlm_pair(out: str | Path) -> dict[str, Path]:
     """Save {"merged", "english_vlm", "japanese_lm"} tiny models under `out`."""
-    from evomm.testing.tiny import TINY_VOCAB, save, tiny_llava, tiny_mistral
+    from testkit.tiny import TINY_VOCAB, save, tiny_llava, tiny_mistral
 
     out = Path(out)
     vocab = TINY_VOCAB + 4
@@ -219,7 +219,7 @@ def short_evolution(run_dir: str | Path, work_dir: str | Path, generations: int 
     import yaml
 
     from evomm.cli import main
-    from evomm.testing.tiny import save, tiny_mistral
+    from testkit.tiny import save, tiny_mistral
 
     work_dir = Path(work_dir)
     sources = {

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 TOY_CONFIG = ROOT / "pipelines" / "toy_evovlm_jp.yml"
 SHIPPED_ZOO = ROOT / "assets" / "zoo"
 

@@ -1,4 +1,4 @@
-"""Tiny tokenizers and processors that fit `evomm.testing.tiny` models.
+"""Tiny tokenizers and processors that fit `testkit.tiny` models.
 
 Real LLaVA checkpoints come with a SentencePiece tokenizer and a CLIP image processor; tests
 need the same classes at toy size, without a hub. The tokenizer is character-level over a
@@ -119,3 +119,28 @@ def save_tiny_vlm(model, path: str | Path, next_version: bool = False) -> Path:
     vocab_size = model.config.text_config.vocab_size
     tiny_processor(vocab_size, next_version=next_version).save_pretrained(path)
     return path
+
+
+# The two tiny random LLaVA models that eval/configs/fixture.yaml evaluates (by `path:`).
+EVAL_FIXTURE_MODELS = {
+    "tiny-llava-a": dict(seed=1, scale=0.05),
+    "tiny-llava-next-b": dict(seed=2, scale=0.05, next_version=True),
+}
+EVAL_FIXTURE_ROOT = Path(__file__).resolve().parents[1] / "runs" / "eval" / "fixture_models"
+
+
+def save_eval_fixture_models(root: str | Path = EVAL_FIXTURE_ROOT) -> dict[str, Path]:
+    """Save the models of eval/configs/fixture.yaml (model + processor) as `root/<name>`."""
+    from testkit.tiny import tiny_llava
+
+    root = Path(root)
+    return {name: save_tiny_vlm(tiny_llava(**kwargs), root / name,
+                                next_version=bool(kwargs.get("next_version")))
+            for name, kwargs in EVAL_FIXTURE_MODELS.items()}
+
+
+if __name__ == "__main__":  # python -m testkit.tiny_processor [ROOT]: fixture.yaml's models
+    import sys
+
+    for saved in save_eval_fixture_models(*sys.argv[1:2]).values():
+        print(saved)

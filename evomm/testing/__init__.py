@@ -1,1 +1,0 @@
-"""Helpers that build tiny real-class checkpoints (for tests, benchmarks and smoke runs)."""
