@@ -5,6 +5,10 @@ checkpoint.pkl, history.json, best_recipe.yml, model/ (the best merged model wit
 card), fitness.png, genome.png and result.json. Killed at any moment, the same command with
 `--resume` continues after the last completed generation and ends exactly as an
 uninterrupted run would. The config format is described in docs/evolve.md.
+
+A mergekit-evolve file (`genome:` + `tasks:`) runs unchanged, with mergekit-evolve's own flags
+(--max-fevals, --sigma0, --task-search-path, --batch-size, --force-population-size); the evomm
+config it becomes is written to RUN_DIR/evomm_config.yml. See docs/mergekit_evolve.md.
 """
 
 from __future__ import annotations
@@ -28,6 +32,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value (dotted key, YAML value), e.g. --set sources.llava=/data/llava "
                              "--set device=cpu --set stages.0.optimizer.generations=2; repeatable")
+    mk = parser.add_argument_group("mergekit-evolve configs (genome: + tasks:), same meaning as in mergekit-evolve")
+    mk.add_argument("--max-fevals", type=int, default=None, help="evaluations (default 100)")
+    mk.add_argument("--sigma0", type=float, default=None, help="CMA-ES initial step (default 1/6)")
+    mk.add_argument("--task-search-path", action="append", default=None, metavar="DIR",
+                    help="folder of local lm-eval task YAMLs; repeatable")
+    mk.add_argument("--batch-size", type=int, default=None, help="lm-eval batch size")
+    mk.add_argument("--force-population-size", type=int, default=None, help="CMA-ES population size")
+
+
+def _mergekit_cli(args: argparse.Namespace):
+    from evomm.search.mergekit_evolve import MergekitCLI
+
+    given = {"max_fevals": args.max_fevals, "sigma0": args.sigma0, "task_search_path": args.task_search_path,
+             "batch_size": args.batch_size, "popsize": args.force_population_size}
+    return MergekitCLI(**{k: v for k, v in given.items() if v is not None})
 
 
 def _config_text(path: Path, seed: int | None, overrides: list[str]) -> str:
@@ -64,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from evomm.search.stages import run_all
 
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, args.overrides, mergekit_cli=_mergekit_cli(args))
         if args.num_threads:
             config.num_threads = args.num_threads
         if args.seed is not None:
@@ -83,6 +102,12 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         if not used or not config_copy.exists():
             atomic_write_text(config_copy, _config_text(Path(args.config), args.seed, args.overrides))
+            if config.name == "mergekit_evolve" and "mergekit_evolve" in config.extras:
+                import yaml
+
+                as_run = config.model_dump(mode="json", exclude={"config_dir", "space"}, exclude_none=True)
+                atomic_write_text(out / "evomm_config.yml", "# the evomm config this mergekit-evolve file became\n"
+                                  + yaml.safe_dump(as_run, allow_unicode=True, sort_keys=False))
         results = run_all(config, out, resume=args.resume, progress=not args.no_progress)
     except EvommError as exc:
         print(f"evomm evolve: {exc}", file=sys.stderr)

@@ -237,12 +237,23 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> None:
                 node = node[index]
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> EvolveConfig:
+def load_config(path: str | Path, overrides: list[str] | None = None, mergekit_cli: Any = None) -> EvolveConfig:
     """Read and validate an evolve config; relative source paths are relative to the file.
 
+    A mergekit-evolve file (`genome:` + `tasks:`) is first translated into the evomm config with
+    its meaning (`evomm.search.mergekit_evolve`; `mergekit_cli` carries its command-line options).
     `overrides`: `KEY=VALUE` items applied before validation (see `apply_overrides`)."""
+    from evomm.search.mergekit_evolve import is_mergekit_evolve, translate
+
     path = Path(path)
-    raw = read_config_data(path, overrides)
+    raw = read_config_data(path)
+    if is_mergekit_evolve(raw):
+        raw = translate(raw, path.parent, mergekit_cli, where=str(path))
+    elif mergekit_cli is not None and mergekit_cli.model_fields_set:
+        raise ConfigError(f"{path}: --max-fevals, --sigma0, --task-search-path, --batch-size and "
+                          "--force-population-size are for mergekit-evolve configs; set the optimizer "
+                          "and fitness in the evomm config (or with --set)")
+    apply_overrides(raw, overrides or [])
     config = parse_config(raw, where=str(path))
     config.config_dir = str(path.parent.resolve())
     config.sources = {
