@@ -342,9 +342,9 @@ def test_zoo_prompt_layout_matches_the_zoo_training_format(tmp_path):
 
 
 def test_vlm_prompt_is_the_toy_pipelines_fitness_prompt(tiny_setup):
-    """The demo asks the merged model exactly as evolution scored it (evomm.search.fitness_vqa)."""
+    """The demo asks the merged model exactly as evolution scored it (evomm.fitness.vqa_rouge_ja)."""
     from evomm.demo.chat import ChatModel
-    from evomm.search.fitness_vqa import DEFAULT_PROMPT, PromptVLMGenerator
+    from evomm.fitness.vqa_rouge_ja import DEFAULT_PROMPT, PromptVLMGenerator
 
     config, _ = tiny_setup
     model = ChatModel(config.merged, template=DEFAULT_PROMPT)

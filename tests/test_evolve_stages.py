@@ -44,7 +44,7 @@ def _config(zoo) -> dict:
 
 def test_ps_then_dfs_over_the_ps_result(zoo, tmp_path):
     from evomm.models.dfs import DFSForCausalLM
-    from evomm.search.synthetic import SyntheticLogitsEvaluator
+    from evomm.fitness.synthetic import SyntheticLogitsEvaluator
 
     config_path = tmp_path / "stages.yml"
     config_path.write_text(yaml.safe_dump(_config(zoo)))

@@ -9,7 +9,7 @@ import pytest
 
 from evomm.errors import ConfigError
 from evomm.search.config import STAGE_REF, load_config
-from evomm.search.fitness import get_fitness
+from evomm.fitness.registry import get_fitness
 from evomm.search.stages import build_space, fitness_context
 
 ROOT = Path(__file__).resolve().parents[1]

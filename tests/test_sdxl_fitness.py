@@ -10,7 +10,7 @@ import torch
 
 from evomm.errors import ConfigError
 from evomm.metrics.clip_score import ClipScorer
-from evomm.search.fitness_sdxl import load_prompts
+from evomm.fitness.sdxl_clip_score import load_prompts
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,7 +61,7 @@ def test_load_prompts(tmp_path):
 
 def test_fitness_through_the_registry(tmp_path, clip_dir):
     """End to end through the engine's fitness lookup on a small random pipeline."""
-    from evomm.search.fitness import FitnessContext, build_evaluator
+    from evomm.fitness.registry import FitnessContext, build_evaluator
     from evomm.zoo_sdxl import models
 
     tok = models.build_tokenizer(["a red circle"])
@@ -75,7 +75,7 @@ def test_fitness_through_the_registry(tmp_path, clip_dir):
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps({"splits": {"fitness": [{"text": "赤い丸", "gloss": "a red circle"}] * 3}}))
     ctx = FitnessContext(
-        metric="evomm.search.fitness_sdxl:sdxl_clip_score", sources={"ja": str(tmp_path / "ja")},
+        metric="sdxl_clip_score", sources={"ja": str(tmp_path / "ja")},
         space={}, dataset=str(prompts), split="fitness", generation={"steps": 2, "batch_size": 2},
         options={"pipeline": "ja", "clip_model": f"local-dir:{clip_dir}", "images_dir": str(tmp_path / "imgs")})
     evaluator = build_evaluator(ctx)
@@ -112,7 +112,7 @@ def test_real_scale_config_builds_its_search_space_without_weights():
 
     config = load_config(ROOT / "pipelines" / "evosdxl_jp.yml")
     stage = config.stages[0]
-    assert stage.fitness.metric == "evomm.search.fitness_sdxl:sdxl_clip_score"
+    assert stage.fitness.metric == "sdxl_clip_score"
     assert stage.fitness.generation["steps"] == 4 and stage.fitness.generation["guidance_scale"] == 0.0
     assert stage.fitness.generation["timestep_spacing"] == "trailing"
     assert stage.fitness.options["pipeline"] == "jsdxl"
@@ -146,7 +146,7 @@ def test_toy_config_builds_its_search_space():
 
 
 def test_summarise_runs_as_json_and_markdown(tmp_path, capsys):
-    from evomm.search.fitness_sdxl import main
+    from evomm.pipelines.toy_sdxl_report import main
 
     for run, scores in {"s0": (60.0, 80.0), "s1": (60.0, 84.0)}.items():
         (tmp_path / run).mkdir()

@@ -117,7 +117,7 @@ def test_toy_pipeline_report_on_the_small_zoo(zoo, tmp_path):
     from diffusers import StableDiffusionXLPipeline
 
     from evomm.search.config import load_config
-    from evomm.search.fitness_sdxl import report_run
+    from evomm.pipelines.toy_sdxl_report import report_run
     from evomm.search.stages import build_space
 
     out, _ = zoo

@@ -18,7 +18,7 @@ from evomm.search.backends import InProcessBackend
 from evomm.search.optimizer import CMAESOptimizer, RandomSearchOptimizer
 from evomm.search.ps_space import PSSpace
 from evomm.search.run import SearchRun
-from evomm.search.synthetic import SyntheticTargetEvaluator
+from evomm.fitness.synthetic import SyntheticTargetEvaluator
 
 HIDDEN_A = [0.2, 0.8, 0.5, 0.1]
 HIDDEN_B = [0.7, 0.3, 0.9, 0.4]

@@ -35,7 +35,7 @@ def test_shortened_main_command_end_to_end(tmp_path, capsys):
     from PIL import Image
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from evomm.search.fitness_vqa import PromptVLMGenerator, load_records
+    from evomm.fitness.vqa_rouge_ja import PromptVLMGenerator, load_records
 
     run = tmp_path / "run"
     assert main(["evolve", str(_short_config(tmp_path)), "--out", str(run), "--no-progress"]) == 0
@@ -70,7 +70,7 @@ def _digest(path: Path) -> str:
 
 
 def test_fitness_and_test_splits_share_no_images_or_questions():
-    from evomm.search.fitness_vqa import load_records
+    from evomm.fitness.vqa_rouge_ja import load_records
 
     fit = load_records(ZOO / "data", "fitness", lang=None, load_images=False)
     test = load_records(ZOO / "data", "test", lang=None, load_images=False)
@@ -89,7 +89,7 @@ def test_report_refuses_overlapping_splits():
 
 
 def test_fitness_subset_is_seeded_and_spread_over_question_types():
-    from evomm.search.fitness_vqa import sample_records
+    from evomm.fitness.vqa_rouge_ja import sample_records
 
     rows = [{"id": i, "type": t} for i in range(40) for t in ("colour", "shape")][:60]
     a, b = sample_records(rows, 10, seed=3), sample_records(rows, 10, seed=3)
@@ -102,7 +102,7 @@ def test_fitness_subset_is_seeded_and_spread_over_question_types():
 def test_vqa_fitness_is_deterministic(tmp_path):
     """Same spec, same score (resume relies on it); a bad objective is a one-line error."""
     from evomm.pipelines.toy_vlm_report import uniform_recipe
-    from evomm.search.fitness import FitnessContext, build_evaluator
+    from evomm.fitness.registry import FitnessContext, build_evaluator
 
     src = {"base": str(ZOO / "base"), "vlm": str(ZOO / "english_vlm"), "ja": str(ZOO / "japanese_lm")}
     ctx = FitnessContext(metric="vqa_rouge_ja", sources=src, space={"models": [src["vlm"], src["ja"]]},
@@ -117,7 +117,7 @@ def test_vqa_fitness_is_deterministic(tmp_path):
     swapped = evaluator._generator.with_model(evaluator._candidate.model)
     assert swapped.build_prompt("q") == "USER: <image> q ASSISTANT:"
     with pytest.raises(ConfigError, match="objective"):
-        from evomm.search.fitness_vqa import VQARougeEvaluator
+        from evomm.fitness.vqa_rouge_ja import VQARougeEvaluator
 
         VQARougeEvaluator([], None, objective="bleu")
     assert torch.get_num_threads() == 1
