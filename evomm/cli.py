@@ -15,7 +15,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("merge", "merge checkpoints with a mergekit-style YAML recipe"),
     "evolve": ("evolve", "evolve a merge recipe with CMA-ES (PS, DFS, PS+DFS)"),
-    "eval": ("eval", "evaluate models on a Japanese VQA benchmark"),
+    "eval": ("eval", "evaluate VLMs on Japanese VQA, or LLMs on lm-eval tasks (jp-lmeh)"),
     "zoo": ("zoo", "build or check the toy model zoo"),
     "plan": ("plan", "estimate an evolve run's genome, memory and time per candidate (headers only)"),
     "convert": ("convert", "convert a published repo layout (jsdxl) to one evomm loads without remote code"),

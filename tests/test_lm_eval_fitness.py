@@ -113,3 +113,48 @@ def test_a_ps_evolution_with_the_lm_eval_fitness_scores_as_math_accuracy_ja(tmp_
                          generation={"max_new_tokens": 64, "batch_size": 16},
                          options={"objective": "acc_ja", "template": TEMPLATE, "tokenizer": "ja"}, seed=0)
     assert build_evaluator(ctx).evaluate(recipe) == pytest.approx(result["best_fitness"])
+
+
+def test_evomm_eval_runs_lm_eval_tasks_on_checkpoints_including_dfs(tmp_path, capsys):
+    """`evomm eval --lm-eval` on a plain checkpoint and on a DFS checkpoint (scales != 1, so it
+    only loads through evomm's registered class); the toy task agrees with math_accuracy_ja."""
+    from transformers import AutoModelForCausalLM
+
+    from evomm.cli import main
+    from evomm.data.mgsm import load_mgsm
+    from evomm.evaluation_llm import load_causal_lm
+    from evomm.search.export import save_dfs_model
+
+    ja, math_a = str(ZOO / "japanese_lm"), str(ZOO / "math_a")
+    path = [[0, i] for i in range(8)] + [[1, 4], [1, 5]]
+    dfs_dir = save_dfs_model({"type": "dfs", "sources": [ja, math_a], "path": path, "scales": [1.0] * 8 + [0.7, 0.9],
+                              "embed_source": 0, "head_source": 0}, tmp_path / "dfs")
+    out = tmp_path / "eval"
+    rc = main(["eval", "--lm-eval", "toy_math_ja:acc_ja,toy_math_ja", "--include-path", TASKS,
+               "--model", f"ja={ja}", "--model", f"dfs={dfs_dir}", "--limit", "20", "--batch-size", "20",
+               "--out", str(out)])
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert "| model | toy_math_ja acc_ja | toy_math_ja | avg |" in table
+    results = json.loads((out / "results.json").read_text())["models"]
+    rows = load_mgsm(ZOO / "data" / "test.jsonl")[:20]
+    for name, model in (("ja", AutoModelForCausalLM.from_pretrained(ja, dtype=torch.float32).eval()),
+                        ("dfs", load_causal_lm(str(dfs_dir)))):
+        expected = _math_scores(model, rows, 20)
+        assert results[name]["toy_math_ja acc_ja"] == pytest.approx(expected["acc_ja"])
+        assert results[name]["toy_math_ja"] == pytest.approx(expected["acc"])
+    assert type(load_causal_lm(str(dfs_dir))).__name__ == "DFSForCausalLM"
+
+
+def test_the_jp_lmeh_preset_names_real_lm_eval_tasks():
+    from lm_eval.tasks import TaskManager
+
+    from evomm.evaluation_llm import JP_LMEH, parse_tasks
+
+    columns = parse_tasks("jp-lmeh")
+    assert [c.label for c in columns] == [k for k, v in JP_LMEH.items() if v is not None]
+    assert len(JP_LMEH) == 9 and JP_LMEH["JCoLA"] is None
+    known = set(TaskManager().all_tasks)
+    assert {c.task for c in columns} <= known
+    with pytest.raises(ConfigError, match="named twice"):
+        parse_tasks("a,a")
