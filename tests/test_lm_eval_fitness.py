@@ -158,3 +158,17 @@ def test_the_jp_lmeh_preset_names_real_lm_eval_tasks():
     assert {c.task for c in columns} <= known
     with pytest.raises(ConfigError, match="named twice"):
         parse_tasks("a,a")
+
+
+def test_the_shipped_lm_eval_pipeline_builds_its_fitness():
+    from evomm.fitness.lm_eval_harness import LMEvalEvaluator
+    from evomm.fitness.registry import build_evaluator
+    from evomm.search.config import load_config
+    from evomm.search.stages import fitness_context
+
+    config = load_config("pipelines/toy_evollm_jp_lm_eval.yml")
+    stage = config.stages[0]
+    evaluator = build_evaluator(fitness_context(config, stage, dict(config.sources)))
+    assert isinstance(evaluator, LMEvalEvaluator)
+    assert evaluator.harness.samples is not None and len(evaluator.harness.samples["toy_math_ja_fitness"]) == 60
+    assert [t.name for t in evaluator.harness.settings.tasks] == ["toy_math_ja_fitness"]
