@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from evomm.errors import EvommError
@@ -48,64 +49,66 @@ def _models(items: list[str]) -> dict[str, str]:
     return out
 
 
-def run_llm(args: argparse.Namespace) -> int:
-    from evomm.evaluation_llm import evaluate_llms, parse_tasks, render_markdown, write_llm_report
-
+def _reporting(work: Callable[[], tuple[str, str]]) -> int:
+    """Run `work` (returns the table and the "wrote ..." line); errors become one line and exit 2."""
     try:
-        if not args.model:
-            raise EvommError("--lm-eval: name at least one --model")
-        if args.config:
-            raise EvommError("give --config (VLM benchmarks) or --lm-eval (LLM tasks), not both")
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(args.threads)
-        columns = parse_tasks(args.lm_eval)
-        report = evaluate_llms(_models(args.model), columns, include_path=args.include_path, limit=args.limit,
-                               batch_size=args.batch_size, num_fewshot=args.num_fewshot,
-                               apply_chat_template=args.apply_chat_template, dtype=args.dtype,
-                               device=args.device or "cpu", tokenizer=args.tokenizer,
-                               log=lambda msg: print(msg, file=sys.stderr))
-        out = Path(args.out) if args.out else Path("runs") / "eval" / "lm_eval"
-        write_llm_report(report, out)
-    except EvommError as exc:
-        print(f"evomm eval: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("evomm eval: interrupted", file=sys.stderr)
-        return 130
-    print(render_markdown(report))
-    print(f"wrote {out}/table.md, results.json", file=sys.stderr)
-    return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    from evomm.evaluation import load_config, render_markdown, run_evaluation
-
-    if args.lm_eval:
-        return run_llm(args)
-    if not args.config:
-        print("evomm eval: give --config CONFIG.yaml (VLMs) or --lm-eval TASKS --model PATH (LLMs)", file=sys.stderr)
-        return 2
-
-    try:
-        config = load_config(args.config)
-        if args.limit is not None:
-            for bench in config.benchmarks:
-                bench.limit = min(bench.limit or args.limit, args.limit)
-        if args.device:
-            config.device = args.device
-        if args.threads:
-            config.threads = args.threads
-        out = Path(args.out) if args.out else Path("runs") / "eval" / config.name
-        report = run_evaluation(config, out_dir=out, config_dir=Path(args.config).resolve().parent,
-                                log=lambda msg: print(msg, file=sys.stderr))
+        table, wrote = work()
     except EvommError as exc:
         print(f"evomm eval: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("evomm eval: interrupted (no output written)", file=sys.stderr)
         return 130
-    print(render_markdown(report))
-    print(f"wrote {out}/table.md, rouge.png, results.json, predictions/", file=sys.stderr)
+    print(table)
+    print(wrote, file=sys.stderr)
     return 0
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def run_llm(args: argparse.Namespace) -> tuple[str, str]:
+    from evomm.evaluation_llm import evaluate_llms, parse_tasks, render_markdown, write_llm_report
+
+    if not args.model:
+        raise EvommError("--lm-eval: name at least one --model")
+    if args.config:
+        raise EvommError("give --config (VLM benchmarks) or --lm-eval (LLM tasks), not both")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    columns = parse_tasks(args.lm_eval)
+    report = evaluate_llms(_models(args.model), columns, include_path=args.include_path, limit=args.limit,
+                           batch_size=args.batch_size, num_fewshot=args.num_fewshot,
+                           apply_chat_template=args.apply_chat_template, dtype=args.dtype,
+                           device=args.device or "cpu", tokenizer=args.tokenizer, log=_log)
+    out = Path(args.out) if args.out else Path("runs") / "eval" / "lm_eval"
+    write_llm_report(report, out)
+    return render_markdown(report), f"wrote {out}/table.md, results.json"
+
+
+def run_vlm(args: argparse.Namespace) -> tuple[str, str]:
+    from evomm.evaluation import load_config, render_markdown, run_evaluation
+
+    config = load_config(args.config)
+    if args.limit is not None:
+        for bench in config.benchmarks:
+            bench.limit = min(bench.limit or args.limit, args.limit)
+    if args.device:
+        config.device = args.device
+    if args.threads:
+        config.threads = args.threads
+    out = Path(args.out) if args.out else Path("runs") / "eval" / config.name
+    report = run_evaluation(config, out_dir=out, config_dir=Path(args.config).resolve().parent, log=_log)
+    return render_markdown(report), f"wrote {out}/table.md, rouge.png, results.json, predictions/"
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.lm_eval:
+        return _reporting(lambda: run_llm(args))
+    if not args.config:
+        print("evomm eval: give --config CONFIG.yaml (VLMs) or --lm-eval TASKS --model PATH (LLMs)", file=sys.stderr)
+        return 2
+    return _reporting(lambda: run_vlm(args))
