@@ -88,10 +88,11 @@ def load_causal_lm(path: str, dtype: str = "float32", device: str = "cpu") -> to
     import evomm.models.dfs  # noqa: F401  registers the DFS class with AutoModelForCausalLM
     from transformers import AutoModelForCausalLM
 
-    if not Path(path).exists() and "/" not in path:
-        raise ConfigError(f"--model {path}: no such checkpoint folder")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), trust_remote_code=False,
-                                                 use_safetensors=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), trust_remote_code=False,
+                                                     use_safetensors=True)
+    except (OSError, ValueError) as exc:  # no such folder or hub id, no safetensors, unknown architecture
+        raise ConfigError(f"--model {path}: cannot load a causal LM ({str(exc).splitlines()[0]})") from None
     return model.to(device).eval()
 
 
@@ -103,13 +104,14 @@ def evaluate_llms(models: dict[str, str], columns: list[Column], *, include_path
     from evomm.fitness.lm_eval_harness import LMEvalHarness, LMEvalSettings, load_tokenizer
 
     report = LLMEvalReport(columns)
-    tasks = [{"name": c.task, "metric": c.metric} for c in columns]
+    settings = LMEvalSettings(tasks=[{"name": c.task, "metric": c.metric} for c in columns],
+                              include_path=list(include_path or []), limit=limit, batch_size=batch_size,
+                              num_fewshot=num_fewshot, apply_chat_template=apply_chat_template)
+    harness = LMEvalHarness(settings, quiet=False)  # tasks loaded once, for every model
+    shared = load_tokenizer(tokenizer) if tokenizer else None
     for name, path in models.items():
-        settings = LMEvalSettings(tasks=tasks, include_path=list(include_path or []), limit=limit,
-                                  batch_size=batch_size, num_fewshot=num_fewshot,
-                                  apply_chat_template=apply_chat_template)
-        harness = LMEvalHarness(settings, load_tokenizer(tokenizer or path), quiet=False)
-        results = harness.run(load_causal_lm(path, dtype, device))
+        model = load_causal_lm(path, dtype, device)
+        results = harness.run(model, shared or load_tokenizer(path))
         report.raw[name] = results
         report.rows[name] = {}
         for c in columns:

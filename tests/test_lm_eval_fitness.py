@@ -172,3 +172,13 @@ def test_the_shipped_lm_eval_pipeline_builds_its_fitness():
     assert isinstance(evaluator, LMEvalEvaluator)
     assert evaluator.harness.samples is not None and len(evaluator.harness.samples["toy_math_ja_fitness"]) == 60
     assert [t.name for t in evaluator.harness.settings.tasks] == ["toy_math_ja_fitness"]
+
+
+def test_evomm_eval_refuses_a_model_it_cannot_load(tmp_path, capsys):
+    from evomm.cli import main
+
+    rc = main(["eval", "--lm-eval", "toy_math_ja", "--include-path", TASKS, "--model", str(tmp_path / "missing"),
+               "--limit", "2", "--out", str(tmp_path / "out")])
+    assert rc == 2
+    assert "cannot load a causal LM" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

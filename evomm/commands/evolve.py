@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         if not used or not config_copy.exists():
             atomic_write_text(config_copy, _config_text(Path(args.config), args.seed, args.overrides))
-            if config.name == "mergekit_evolve" and "mergekit_evolve" in config.extras:
+            if "mergekit_evolve" in config.extras:
                 import yaml
 
                 as_run = config.model_dump(mode="json", exclude={"config_dir", "space"}, exclude_none=True)

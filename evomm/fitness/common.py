@@ -33,3 +33,29 @@ def config_relative(path: str | Path, ctx: FitnessContext) -> Path:
     if not path.is_absolute() and ctx.config_dir and not path.exists() and (Path(ctx.config_dir) / path).exists():
         return Path(ctx.config_dir) / path
     return path
+
+
+class LazyCandidate:
+    """The one in-memory model a model-running fitness scores every candidate with.
+
+    Built from the first spec (its plan and sources serve every later one), then each `apply`
+    writes a candidate into it. `options` are the fitness options: `merge_device`, `compile`."""
+
+    def __init__(self, device: str = "cpu", dtype=None, options: dict | None = None) -> None:
+        self.device, self.dtype, self.options = device, dtype, dict(options or {})
+        self._candidate = None
+
+    @property
+    def model(self):
+        return None if self._candidate is None else self._candidate.model
+
+    def apply(self, spec: dict):
+        if self._candidate is None:
+            import torch
+
+            from evomm.search.candidates import CandidateModel
+
+            self._candidate = CandidateModel(spec, device=self.device, dtype=self.dtype or torch.float32,
+                                             merge_device=self.options.get("merge_device"),
+                                             compile=self.options.get("compile"))
+        return self._candidate.apply(spec)

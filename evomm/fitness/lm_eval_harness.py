@@ -34,7 +34,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evomm.errors import ConfigError, MetricError
-from evomm.fitness.common import config_relative, seeded_indices, tokenizer_path
+from evomm.fitness.common import LazyCandidate, config_relative, seeded_indices, tokenizer_path
 from evomm.fitness.registry import FitnessContext, register_fitness
 
 
@@ -123,8 +123,9 @@ def _quiet_hflm(HFLM):
 class LMEvalHarness:
     """lm-eval tasks loaded once, run on any causal LM object: `run(model)`, `score(results)`."""
 
-    def __init__(self, settings: LMEvalSettings, tokenizer, *, quiet: bool = True) -> None:
+    def __init__(self, settings: LMEvalSettings, tokenizer=None, *, quiet: bool = True) -> None:
         try:
+            from lm_eval.defaults import DEFAULT_OTHER_SEED  # noqa: F401  (checks the install)
             from lm_eval.tasks import TaskManager
         except ImportError:
             raise ConfigError("the lm_eval fitness needs lm-evaluation-harness: pip install 'evomm[lmeval]'") from None
@@ -147,6 +148,8 @@ class LMEvalHarness:
 
     def _prepare_tasks(self) -> None:
         """What `simple_evaluate` does to tasks before running them, done once."""
+        from lm_eval.defaults import DEFAULT_OTHER_SEED
+
         s = self.settings
         for task in self.loaded["tasks"].values():
             if s.num_fewshot is not None and task.get_config("num_fewshot") != 0:
@@ -155,7 +158,7 @@ class LMEvalHarness:
                 task.set_config(key="num_fewshot", value=0)
             if s.gen_kwargs and task.get_config("output_type") == "generate_until":
                 task.set_config(key="generation_kwargs", value=dict(s.gen_kwargs), update=True)
-            task.set_fewshot_seed(seed=1234)
+            task.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)  # what simple_evaluate uses
         self.samples = None
         if s.n_samples is not None:
             self.samples = {name: seeded_indices(len(task.eval_docs), s.n_samples, s.sample_seed)
@@ -169,22 +172,23 @@ class LMEvalHarness:
             if metric not in known:
                 raise ConfigError(f"lm_eval: task {term.name} has no metric {metric!r} (it reports {known})")
 
-    def _wrap(self, model: torch.nn.Module):
+    def _wrap(self, model: torch.nn.Module, tokenizer):
         from lm_eval.models.huggingface import HFLM
 
-        if self._lm is None or self._lm.model is not model:
+        if self._lm is None or self._lm.model is not model or self._lm.tokenizer is not tokenizer:
             wrapper = _quiet_hflm(HFLM) if self.quiet else HFLM
-            self._lm = wrapper(pretrained=model, tokenizer=self.tokenizer, backend="causal",
+            self._lm = wrapper(pretrained=model, tokenizer=tokenizer, backend="causal",
                             batch_size=self.settings.batch_size, max_length=self.settings.max_length)
         return self._lm
 
-    def run(self, model: torch.nn.Module) -> dict[str, dict[str, Any]]:
-        """{task or group: {"metric,filter": value}} for `model` as it is now."""
+    def run(self, model: torch.nn.Module, tokenizer=None) -> dict[str, dict[str, Any]]:
+        """{task or group: {"metric,filter": value}} for `model` as it is now (read with
+        `tokenizer`, default the harness's: one harness serves models with their own)."""
         from lm_eval.evaluator import evaluate
 
         s = self.settings
         with torch.inference_mode(), _no_request_bars(self.quiet):
-            out = evaluate(self._wrap(model), task_dict=self.loaded, limit=s.limit, samples=self.samples,
+            out = evaluate(self._wrap(model, tokenizer or self.tokenizer), task_dict=self.loaded, limit=s.limit, samples=self.samples,
                            bootstrap_iters=0, log_samples=False, system_instruction=s.system_instruction,
                            apply_chat_template=s.apply_chat_template, fewshot_as_multiturn=s.fewshot_as_multiturn)
         return dict(out["results"]) if out else {}
@@ -228,16 +232,10 @@ class LMEvalEvaluator:
                  options: dict[str, Any] | None = None) -> None:
         self.harness, self.device, self.dtype = harness, device, dtype
         self.options = dict(options or {})
-        self._candidate = None
+        self._candidate = LazyCandidate(device, dtype, self.options)
         self.last_results: dict[str, dict[str, Any]] = {}
 
     def evaluate(self, spec: dict[str, Any]) -> float:
-        from evomm.search.candidates import CandidateModel
-
-        if self._candidate is None:
-            self._candidate = CandidateModel(spec, device=self.device, dtype=self.dtype,
-                                             merge_device=self.options.get("merge_device"),
-                                             compile=self.options.get("compile"))
         self.last_results = self.harness.run(self._candidate.apply(spec))
         return self.harness.score(self.last_results)
 

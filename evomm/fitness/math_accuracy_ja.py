@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from evomm.errors import ConfigError
-from evomm.fitness.common import config_relative, seeded_indices, tokenizer_path
+from evomm.fitness.common import LazyCandidate, config_relative, seeded_indices, tokenizer_path
 from evomm.fitness.registry import FitnessContext, register_fitness
 
 OBJECTIVES = ("acc", "acc_ja")
@@ -35,7 +35,7 @@ class MathEvaluator:
         self.rows, self.tokenizer, self.objective = rows, tokenizer, objective
         self.options, self.generation = dict(options or {}), dict(generation or {})
         self.device, self.dtype = device, dtype
-        self._candidate = None
+        self._candidate = LazyCandidate(device, dtype, self.options)
         self._generator = None
         self.last_answers: list[str] = []
         self.last_scores: dict[str, float] = {}
@@ -51,12 +51,7 @@ class MathEvaluator:
 
     def evaluate(self, spec: dict[str, Any]) -> float:
         from evomm.metrics.math import math_accuracy
-        from evomm.search.candidates import CandidateModel
 
-        if self._candidate is None:
-            self._candidate = CandidateModel(spec, device=self.device, dtype=self.dtype,
-                                             merge_device=self.options.get("merge_device"),
-                                             compile=self.options.get("compile"))
         self.last_answers = self.answer(self._candidate.apply(spec))
         self.last_scores = math_accuracy([r["answer_number"] for r in self.rows], self.last_answers)
         return self.last_scores[self.objective]

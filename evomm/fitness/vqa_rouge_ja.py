@@ -36,6 +36,7 @@ import torch
 
 from evomm.errors import ConfigError, DatasetError
 from evomm.models.vlm import VLMGenerator
+from evomm.fitness.common import LazyCandidate
 from evomm.fitness.registry import FitnessContext, register_fitness
 
 OBJECTIVES = ("rougeL", "rougeL_strict", "keyword", "rougeL+keyword")
@@ -209,7 +210,7 @@ class VQARougeEvaluator:
         self.generation = dict(generation or {})
         self.device, self.dtype = device, dtype
         self.scorer = AnswerScorer()
-        self._candidate = None
+        self._candidate = LazyCandidate(device, dtype, self.options)
         self._generator: VLMGenerator | None = None
         self.last_answers: list[str] = []
 
@@ -220,12 +221,6 @@ class VQARougeEvaluator:
         return generator.generate([r["question"] for r in self.rows], [r["pil"] for r in self.rows])
 
     def evaluate(self, spec: dict[str, Any]) -> float:
-        from evomm.search.candidates import CandidateModel
-
-        if self._candidate is None:
-            self._candidate = CandidateModel(spec, device=self.device, dtype=self.dtype,
-                                             merge_device=self.options.get("merge_device"),
-                                             compile=self.options.get("compile"))
         model = self._candidate.apply(spec)
         self.last_answers = self.answer(model)
         return self.scorer.objective(self.objective, self.rows, self.last_answers)

@@ -5,9 +5,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evomm.errors import ConfigError
+
+#: the rows every toy report ends with: the best hand-set merge and the paper's three evolved models
+MERGED_LABELS = {
+    "best_uniform": "best hand-set uniform merge",
+    "ps": "PS evolved",
+    "dfs": "DFS evolved",
+    "ps_dfs": "PS+DFS evolved",
+}
+
+
+class ReportOptionsBase(BaseModel):
+    """`extras.report` fields every toy report reads; each report adds its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str
+    fitness_split: str = "fitness"
+    test_split: str = "test"
+    base: str = "base"
+    n_test: int | None = Field(None, ge=1, description="test rows used (default: all)")
+    n_fitness: int | None = Field(None, ge=1, description="fitness rows for choosing best_uniform (default: all)")
+    batch_size: int = Field(100, ge=1)
+    examples: int = Field(4, ge=0)
+
 
 Options = TypeVar("Options", bound=BaseModel)
 

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from evomm.errors import ConfigError
-from evomm.pipelines.report_common import bar_chart, cell, first_of_each, read_report_options
+from evomm.pipelines.report_common import (MERGED_LABELS, ReportOptionsBase, bar_chart, cell, first_of_each,
+                                          read_report_options)
 from evomm.search.run import atomic_write_text
 from evomm.zoo_math.build import TEMPLATE
 
@@ -36,33 +37,20 @@ LABELS = {
     "japanese_lm": "Japanese LM (source; shisa-gamma's role)",
     "math_a": "English math LM A (source; WizardMath's role)",
     "math_b": "English math LM B (source; Abel's role)",
-    "best_uniform": "best hand-set uniform merge",
-    "ps": "PS evolved",
-    "dfs": "DFS evolved",
-    "ps_dfs": "PS+DFS evolved",
+    **MERGED_LABELS,
 }
 
 
-class ReportOptions(BaseModel):
+class ReportOptions(ReportOptionsBase):
     """`extras.report` of the pipeline config."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: str
-    fitness_split: str = "fitness"
-    test_split: str = "test"
-    base: str = "base"
     sources: dict[str, str] = Field(default_factory=lambda: {"japanese_lm": "ja", "math_a": "math_a",
                                                                 "math_b": "math_b"},
                                     description="report name -> source name, in task-vector order")
     template: str = TEMPLATE
-    n_test: int | None = Field(None, ge=1)
-    n_fitness: int | None = Field(None, ge=1)
     max_new_tokens: int = Field(64, ge=1)
-    batch_size: int = Field(100, ge=1)
     uniform_weights: list[float] = Field(default_factory=lambda: [0.5, 1.0])
     objective: str = "acc_ja"
-    examples: int = Field(4, ge=0)
 
 
 def report_options(config) -> ReportOptions:

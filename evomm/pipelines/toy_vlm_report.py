@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from evomm.errors import ConfigError
-from evomm.pipelines.report_common import bar_chart, cell, first_of_each, read_report_options
+from evomm.pipelines.report_common import (MERGED_LABELS, ReportOptionsBase, bar_chart, cell, first_of_each,
+                                          read_report_options)
 from evomm.models.vlm import format_question
 from evomm.fitness.vqa_rouge_ja import (
     AnswerScorer, PromptVLMGenerator, DEFAULT_PROMPT, load_processor, load_records,
@@ -42,34 +43,21 @@ LABELS = {
     "english_vlm": "English VLM (parent)",
     "japanese_lm": "Japanese LM (parent, text only)",
     "uniform_50": "uniform merge 50/50",
-    "best_uniform": "best hand-set uniform merge",
-    "ps": "PS evolved",
-    "dfs": "DFS evolved",
-    "ps_dfs": "PS+DFS evolved",
+    **MERGED_LABELS,
 }
 
 
-class ReportOptions(BaseModel):
+class ReportOptions(ReportOptionsBase):
     """`extras.report` of the pipeline config."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: str
-    fitness_split: str = "fitness"
-    test_split: str = "test"
     lang: str = "ja"
-    n_test: int | None = Field(None, ge=1, description="test rows used (default: all)")
-    n_fitness: int | None = Field(None, ge=1, description="fitness rows for choosing best_uniform (default: all)")
     vlm: str = "vlm"
     lm: str = "ja"
-    base: str = "base"
     prompt: str = DEFAULT_PROMPT
     text_prompt: str = "USER: {question} ASSISTANT:"
     max_new_tokens: int = Field(40, ge=1)
-    batch_size: int = Field(100, ge=1)
     uniform_grid: list[tuple[float, float]] = Field(default_factory=lambda: [(0.5, 0.5), (1.0, 1.0)])
     objective: str | None = Field(None, description="default: the first stage's fitness objective")
-    examples: int = Field(4, ge=0)
 
 
 def report_options(config) -> ReportOptions:
